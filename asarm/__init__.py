@@ -1,0 +1,22 @@
+"""asarm: Any-Subset Autoregressive Models (AS-ARMs) and Any-Subset Speculative Decoding (ASSD).
+
+Guo & Ermon, "Reviving Any-Subset Autoregressive Models with Principled Parallel
+Sampling and Speculative Decoding" (arXiv 2504.20456).
+"""
+
+from . import orders
+from .model import ASARM, PlainDecoder
+from .sampling import SampleOutput, sample
+from .tokenizer import XLNET_SPECIAL_TOKENS, build_local_tokenizer, load_tokenizer
+
+__all__ = [
+    "ASARM",
+    "PlainDecoder",
+    "SampleOutput",
+    "sample",
+    "orders",
+    "XLNET_SPECIAL_TOKENS",
+    "build_local_tokenizer",
+    "load_tokenizer",
+]
+__version__ = "0.1.0"

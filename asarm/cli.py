@@ -1,0 +1,169 @@
+"""The ``asarm`` command line (also ``python -m asarm``).
+
+Each subcommand lives in its own module and registers itself through a
+``register(subparsers)`` function listed in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+
+COMMANDS = [
+    "asarm.cli:register_infill",
+]
+
+MASK_SPAN = re.compile(r"\[MASK:(\d+)\]")
+TINY = "tiny"
+TINY_CONFIG = dict(d_model=64, n_layer=2, n_head=4, d_inner=128)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads a model."""
+    p.add_argument("--model", default="therealgabeguo/ASARM",
+                   help=f"local directory or hub id (default: %(default)s); '{TINY}' builds a tiny RANDOM model "
+                        "with the offline tokenizer, for trying the commands without a checkpoint")
+    p.add_argument("--revision", default="nlp", help="hub revision: nlp, nlp_210k_plus_75k or code (default: %(default)s)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: the model's, else xlnet-base-cased)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default: %(default)s)")
+
+
+def load_model_and_tokenizer(args):
+    """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
+    import os
+
+    from .model import ASARM
+    from .tokenizer import build_local_tokenizer, load_tokenizer
+    from .utils import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.model == TINY:
+        from .data import stdlib_texts
+
+        print("note: --model tiny is a RANDOMLY INITIALISED model: its text is gibberish; "
+              "it only shows the commands working offline.", file=sys.stderr)
+        tokenizer = build_local_tokenizer(stdlib_texts(300_000), vocab_size=1000)
+        model = ASARM.from_config(tokenizer=tokenizer, seed=0, **TINY_CONFIG)
+    else:
+        tok_src = args.tokenizer
+        if tok_src is None:
+            has_tok = os.path.isdir(args.model) and any(
+                os.path.exists(os.path.join(args.model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json"))
+            tok_src = args.model if has_tok else "xlnet/xlnet-base-cased"
+        tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
+        model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def encode_masked_text(text: str, tokenizer) -> list[int]:
+    """Token ids of ``text`` with every ``[MASK:n]`` replaced by ``n`` mask tokens.
+
+    Raises ``ValueError`` for empty text, no span, or a span of length 0.
+    """
+    if not text.strip():
+        raise ValueError("the text is empty: give a prompt with at least one [MASK:n] span, e.g. 'The cat [MASK:4] mat.'")
+    pieces = MASK_SPAN.split(text)
+    if len(pieces) == 1:
+        raise ValueError("nothing to infill: mark the spans to generate as [MASK:n], n = number of tokens")
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2 == 1:
+            n = int(piece)
+            if n < 1:
+                raise ValueError(f"[MASK:{piece}] asks for no token; use n >= 1")
+            ids += [tokenizer.mask_token_id] * n
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    if all(i == tokenizer.mask_token_id for i in ids):
+        raise ValueError("no visible text: add some words around the [MASK:n] spans to condition on")
+    return ids
+
+
+def register_infill(sub) -> None:
+    p = sub.add_parser("infill", help="fill [MASK:n] spans of a text by sequential decoding, ASSD or n-gram drafts",
+                       description="Infill the [MASK:n] spans of a text (n = number of tokens) with an AS-ARM and "
+                                   "print the completed text, the number of network calls (NFE) and the time.")
+    add_model_arguments(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="text with spans marked [MASK:n], e.g. 'The cat [MASK:3] the mat.'")
+    src.add_argument("--text-file", help="read the text from this file")
+    p.add_argument("--method", nargs="+", default=["assd"], choices=["sequential", "assd", "ngram"],
+                   help="one or more sampling methods (default: %(default)s)")
+    p.add_argument("--k", type=int, default=5, help="draft length for assd/ngram (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature T > 0 (default: %(default)s)")
+    p.add_argument("--temperature-mode", default="both", choices=["both", "draft"],
+                   help="apply T to draft and oracle (exact tempered joint) or the draft only")
+    p.add_argument("--bonus", action="store_true", help="ASSD: extra token when all drafts are accepted")
+    p.add_argument("--order", default="sorted", choices=["sorted", "random"],
+                   help="masked positions left to right (sorted) or in a random order")
+    p.add_argument("--backend", default="plain", help="decoder backend (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=1, help="completions per method (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_infill)
+
+
+def run_infill(args) -> int:
+    import torch
+
+    from . import orders
+    from .sampling import sample
+
+    if args.samples < 1:
+        raise ValueError("--samples must be >= 1")
+    text = args.text if args.text is not None else open(args.text_file, encoding="utf-8").read()
+    model, tokenizer = load_model_and_tokenizer(args)
+    ids = torch.tensor([encode_masked_text(text, tokenizer)] * args.samples, device=model.device)
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    sigma, m = orders.infill_order(ids, model.mask_token_id, shuffle=args.order == "random", generator=gen)
+    print(f"{ids.shape[1]} tokens, {int((ids[0] == model.mask_token_id).sum())} to generate")
+    for method in args.method:
+        gen.manual_seed(args.seed)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = sample(model, ids, sigma, m, method=method, k=args.k, temperature=args.temperature,
+                     temperature_mode=args.temperature_mode, bonus=args.bonus, generator=gen, backend=args.backend)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        for row in range(args.samples):
+            print(f"\n[{method}] sample {row}: NFE {int(out.nfe[row])}, {dt / args.samples:.3f} s")
+            print(tokenizer.decode(out.sequences[row].tolist()))
+    return 0
+
+
+def _load(spec: str):
+    import importlib
+
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asarm",
+        description="Any-Subset Autoregressive Models: exact parallel sampling (ASSD), training and the paper's evaluations.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for spec in COMMANDS:
+        _load(spec)(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+        print(f"asarm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"asarm {args.command}: interrupted", file=sys.stderr)
+        return 130

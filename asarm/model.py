@@ -1,0 +1,255 @@
+"""The AS-ARM: a thin wrapper around ``transformers.XLNetLMHeadModel``.
+
+XLNet's two-stream attention is what makes an any-subset autoregressive model
+(spec section 2): the content stream ``h`` carries tokens, the query stream
+``g`` carries only "which position do I predict", and ``perm_mask`` /
+``target_mapping`` say who sees whom and who is predicted. With the joint mask
+one forward pass scores every masked token given all lower-ranked ones, which
+is the parallel density estimation ASSD verifies drafts with.
+
+The wrapper adds what sampling needs: the mask token, the ids that are never
+sampled (``banned_token_ids``), log-probabilities with those ids removed, the
+joint log-likelihood of a masked block, and a *decoder* (the backend that the
+sampler calls; see ``PlainDecoder``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .hub import load_or_explain
+from .orders import check_order, joint_mask, step_mask, target_mapping
+from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_ids
+
+# Keys under which the AS-ARM's own settings travel inside XLNet's config.json
+# (plain XLNet ignores them, so the directory still loads as XLNetLMHeadModel).
+_CFG_MASK = "asarm_mask_token_id"
+_CFG_BANNED = "asarm_banned_token_ids"
+
+
+class ASARM(nn.Module):
+    """Any-subset autoregressive model over an ``XLNetLMHeadModel``.
+
+    Attributes:
+        xlnet: the wrapped ``XLNetLMHeadModel`` (its parameters are the model's).
+        mask_token_id: id written at positions still to be generated.
+        banned_token_ids: ids that get ``-inf`` logits before every softmax.
+    """
+
+    def __init__(self, xlnet, mask_token_id: int | None = None, banned_token_ids=None):
+        super().__init__()
+        self.xlnet = xlnet
+        cfg = xlnet.config
+        cfg.use_mems_eval = False  # XLNet's recurrence memory is not used by AS-ARMs
+        cfg.use_mems_train = False
+        if mask_token_id is None:
+            mask_token_id = getattr(cfg, _CFG_MASK, XLNET_MASK_TOKEN_ID)
+        if banned_token_ids is None:
+            banned_token_ids = getattr(cfg, _CFG_BANNED, XLNET_DEFAULT_BANNED_IDS)
+        self.mask_token_id = int(mask_token_id)
+        self.banned_token_ids = sorted({int(i) for i in banned_token_ids} | {self.mask_token_id})
+        for i in self.banned_token_ids:
+            if not 0 <= i < cfg.vocab_size:
+                raise ValueError(f"banned token id {i} is outside the vocabulary (size {cfg.vocab_size})")
+        setattr(cfg, _CFG_MASK, self.mask_token_id)
+        setattr(cfg, _CFG_BANNED, list(self.banned_token_ids))
+        banned = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+        banned[self.banned_token_ids] = True
+        self.register_buffer("banned", banned, persistent=False)
+        self.eval()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config=None, *, tokenizer=None, seed: int | None = None, **overrides) -> "ASARM":
+        """A randomly initialised model (tiny ones for tests and local runs).
+
+        Args:
+            config: an ``XLNetConfig``, a dict of its fields, or None.
+            tokenizer: if given, sets ``vocab_size``, the mask id and the banned ids.
+            seed: seeds the initialisation.
+            overrides: ``XLNetConfig`` fields (``d_model``, ``n_layer``, ``n_head``, ``d_inner``, ...).
+        """
+        from transformers import XLNetConfig, XLNetLMHeadModel
+
+        fields = dict(config.to_dict() if isinstance(config, XLNetConfig) else (config or {}))
+        fields.update(overrides)
+        if tokenizer is not None:
+            fields.setdefault("vocab_size", len(tokenizer))
+        if "d_model" in fields and "n_head" in fields:
+            fields["d_head"] = fields["d_model"] // fields["n_head"]
+        cfg = XLNetConfig(**fields)
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                xlnet = XLNetLMHeadModel(cfg)
+        else:
+            xlnet = XLNetLMHeadModel(cfg)
+        mask, banned = special_ids(tokenizer) if tokenizer is not None else (None, None)
+        return cls(xlnet, mask, banned)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None, *, tokenizer=None, dtype=None, **kwargs):
+        """Load a checkpoint: a local directory, or a hub id such as ``therealgabeguo/ASARM``
+        with ``revision`` (``nlp``, ``nlp_210k_plus_75k``, ``code``).
+
+        Offline, a hub id that is not cached raises ``OSError`` saying how to
+        pass a local directory. Any directory written by
+        ``XLNetLMHeadModel.save_pretrained`` loads; the mask and banned ids come
+        from ``tokenizer`` if given, else from the saved config, else XLNet's
+        defaults.
+        """
+        from transformers import XLNetLMHeadModel
+
+        if dtype is not None:
+            kwargs["torch_dtype"] = dtype
+        xlnet = load_or_explain(XLNetLMHeadModel.from_pretrained, name_or_path, revision, "model", **kwargs)
+        mask, banned = special_ids(tokenizer) if tokenizer is not None else (None, None)
+        return cls(xlnet, mask, banned)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """Write a directory that ``XLNetLMHeadModel.from_pretrained`` and
+        ``ASARM.from_pretrained`` both load (atomically: a crash leaves no half-written directory)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.xlnet.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                directory.rename(old)
+                tmp.rename(directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self):
+        return self.xlnet.config
+
+    @property
+    def vocab_size(self) -> int:
+        return self.xlnet.config.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.xlnet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.xlnet.dtype
+
+    # ------------------------------------------------------------------ computation
+    def forward(self, input_ids: torch.Tensor, perm_mask: torch.Tensor, target_mapping: torch.Tensor) -> torch.Tensor:
+        """Query-stream logits, float32.
+
+        Args:
+            input_ids: ``(B, N)`` long.
+            perm_mask: ``(B, N, N)``, nonzero = may not attend.
+            target_mapping: ``(B, K, N)`` one-hot queries.
+        Returns:
+            ``(B, K, V)`` float32 logits (banned ids NOT yet removed).
+        """
+        out = self.xlnet(
+            input_ids=input_ids,
+            perm_mask=perm_mask.to(self.dtype),
+            target_mapping=target_mapping.to(self.dtype),
+            use_mems=False,
+        )
+        return out.logits.float()
+
+    def log_probs(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """``log_softmax(logits / T)`` over the allowed ids; banned ids get ``-inf``. Shape kept."""
+        z = (logits.float() / temperature).masked_fill(self.banned, float("-inf"))
+        return torch.log_softmax(z, dim=-1)
+
+    def check_inputs(self, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor) -> None:
+        """Raise ``ValueError``/``TypeError`` for inputs the model cannot score or complete."""
+        for name, t in (("input_ids", input_ids), ("sigma", sigma), ("num_visible", num_visible)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype.is_floating_point or t.dtype == torch.bool:
+                raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (B, N), got {tuple(input_ids.shape)}; for one sequence use x[None]")
+        if sigma.shape != input_ids.shape:
+            raise ValueError(f"sigma shape {tuple(sigma.shape)} disagrees with input_ids shape {tuple(input_ids.shape)}")
+        if num_visible.shape != input_ids.shape[:1]:
+            raise ValueError(f"num_visible must have shape ({input_ids.shape[0]},), got {tuple(num_visible.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)][0]
+            raise ValueError(f"token id {int(bad)} is outside the model's vocabulary [0, {self.vocab_size})")
+        check_order(sigma, num_visible)
+
+    @torch.no_grad()
+    def joint_log_prob(self, input_ids, sigma, num_visible, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probability of the masked block under order ``sigma``, in ONE forward pass.
+
+        ``sum_{r=m}^{N-1} log p_T(x at rank r | x at ranks < r)`` with the joint
+        mask, where ``p_T`` is the temperature-``T`` softmax over allowed ids.
+
+        Args:
+            input_ids: ``(B, N)`` complete sequences.
+            sigma: ``(B, N)`` orders; num_visible: ``(B,)`` prompt sizes.
+        Returns:
+            ``(B,)`` float32.
+        """
+        self.check_inputs(input_ids, sigma, num_visible)
+        n = input_ids.shape[1]
+        count = n - num_visible
+        mapping, positions, valid = target_mapping(sigma, num_visible, count)
+        logp = self.log_probs(self(input_ids, joint_mask(sigma, num_visible), mapping), temperature)
+        token_lp = logp.gather(-1, input_ids.gather(1, positions)[..., None]).squeeze(-1)
+        return torch.where(valid, token_lp, torch.zeros_like(token_lp)).sum(-1)
+
+    def decoder(self, sigma: torch.Tensor, num_visible: torch.Tensor, backend: str = "plain"):
+        """The backend the sampler calls for logits (see ``PlainDecoder``)."""
+        if backend == "plain":
+            return PlainDecoder(self, sigma, num_visible)
+        if backend == "cached":
+            from .cache import CachedDecoder
+
+            return CachedDecoder(self, sigma, num_visible)
+        raise ValueError(f"unknown decoding backend '{backend}'; choose 'plain' or 'cached'")
+
+
+class PlainDecoder:
+    """The reference backend: every call recomputes every position (as the paper's sampler does).
+
+    A decoder answers one question for the sampler, for a subset of rows:
+    "with the tokens of ranks ``< n_known`` known, what are the logits of the
+    queries at ranks ``q_start .. q_start + q_count - 1``?" (``step_mask``
+    semantics: a query at a known rank sees the lower ranks; a query at an
+    unknown rank sees every known rank). Faster backends answer the same
+    question and the sampling math does not change.
+    """
+
+    def __init__(self, model: ASARM, sigma: torch.Tensor, num_visible: torch.Tensor):
+        self.model, self.sigma, self.num_visible = model, sigma, num_visible
+
+    @torch.no_grad()
+    def __call__(self, rows, x, n_known, q_start, q_count, num_queries: int | None = None) -> torch.Tensor:
+        """Logits for a subset of rows.
+
+        Args:
+            rows: ``(R,)`` long, indices into the batch the decoder was built for.
+            x: ``(R, N)`` the rows' current token ids (unknown ranks hold anything).
+            n_known, q_start, q_count: ``(R,)`` long.
+            num_queries: ``K``, at least ``max(q_count)``.
+        Returns:
+            ``(R, K, V)`` float32 logits; query slots ``>= q_count`` are padding.
+        """
+        sigma, m = self.sigma[rows], self.num_visible[rows]
+        mapping, _, _ = target_mapping(sigma, q_start, q_count, num_queries)
+        return self.model(x, step_mask(sigma, m, n_known), mapping)

@@ -1,0 +1,66 @@
+"""Test setup: no network, few threads, tiny models and the offline tokenizer."""
+
+import os
+
+# must be set before transformers / huggingface_hub are imported
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED_DATA = Path(os.environ.get("ASARM_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+_real_connect = socket.socket.connect
+
+
+def _local_only_connect(self, address):
+    """Tests may talk to this machine (DDP rendezvous, Slurm) but never to the network."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        local = {"localhost", "127.0.0.1", "::1", socket.gethostname()}
+        try:
+            local.add(socket.gethostbyname(socket.gethostname()))
+        except OSError:
+            pass
+        if not (host in local or str(host).startswith("127.")):
+            raise OSError(f"network access blocked in tests (tried to connect to {address})")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _local_only_connect)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$ASARM_SHARED_DATA``); tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared evaluation data not found at {SHARED_DATA} (set ASARM_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def local_tokenizer():
+    """Offline byte-level BPE tokenizer with XLNet's special ids (vocabulary 600)."""
+    from asarm.data import stdlib_texts
+    from asarm.tokenizer import build_local_tokenizer
+
+    return build_local_tokenizer(stdlib_texts(200_000), vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(local_tokenizer):
+    """A tiny random ASARM over the local tokenizer (float32, eval mode)."""
+    from asarm import ASARM
+
+    return ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
