@@ -1,0 +1,190 @@
+"""Exactness: every sampler draws from the order-sigma joint of the model.
+
+For a tiny model whose conditionals are far from uniform we enumerate the
+exact joint of the masked block (``joint_log_prob`` over every completion),
+draw 20,000 samples per method in one batch, and require a chi-square
+goodness-of-fit p-value > 1e-3 and a total-variation distance within what
+the sample size explains. The same test rejects deliberately broken samplers,
+which shows it has the power to notice a wrong distribution.
+"""
+
+import importlib.util
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import asarm
+from asarm import orders, sampling
+from asarm.tokenizer import XLNET_SPECIAL_TOKENS
+
+NUM_SAMPLES = 20_000
+P_MIN = 1e-3
+USABLE = list(range(len(XLNET_SPECIAL_TOKENS), len(XLNET_SPECIAL_TOKENS) + 6))  # 6 sampleable ids
+N = 6
+
+BACKENDS = [
+    "plain",
+    pytest.param("cached", marks=pytest.mark.skipif(importlib.util.find_spec("asarm.cache") is None,
+                                                     reason="cached backend not available")),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # a large init scale makes conditionals peaked and strongly dependent on context,
+    # so the draft (conditionally independent) differs visibly from the joint
+    return asarm.ASARM.from_config(vocab_size=len(XLNET_SPECIAL_TOKENS) + len(USABLE), d_model=32, n_layer=2,
+                                   n_head=2, d_inner=64, initializer_range=0.6, seed=3)
+
+
+def _prompt(sigma_row: torch.Tensor, m: int, tokens) -> torch.Tensor:
+    """A row with ``tokens`` at the visible positions (rank order) and the mask id elsewhere."""
+    x = torch.full((N,), XLNET_SPECIAL_TOKENS["<mask>"], dtype=torch.long)
+    pos = orders.order_to_pos(sigma_row[None])[0]
+    x[pos[:m]] = torch.tensor(tokens)
+    return x
+
+
+def exact_joint(model, x, sigma, m, temperature=1.0):
+    """All completions of the masked block of one row and their probabilities."""
+    pos = orders.order_to_pos(sigma[None])[0][m:]
+    outcomes = torch.tensor(list(itertools.product(USABLE, repeat=len(pos))))
+    seqs = x.repeat(len(outcomes), 1)
+    seqs[:, pos] = outcomes
+    rows = len(outcomes)
+    logp = model.joint_log_prob(seqs, sigma.repeat(rows, 1), torch.full((rows,), m), temperature=temperature)
+    return seqs, logp.double().exp().numpy()
+
+
+def goodness_of_fit(samples: torch.Tensor, seqs: torch.Tensor, probs: np.ndarray, seed: int = 0):
+    """``(p_value, tv, tv_bound)`` of samples against the enumerated joint.
+
+    Bins with expected count < 5 are pooled. ``tv_bound`` is the 99.9th
+    percentile of the TV distance between ``probs`` and the empirical
+    distribution of as many exact samples (simulated).
+    """
+    index = {tuple(s): i for i, s in enumerate(seqs.tolist())}
+    ids = [index.get(tuple(s), -1) for s in samples.tolist()]
+    assert -1 not in ids, "a sample is outside the support (banned token, or a prompt token changed)"
+    s = len(ids)
+    counts = np.bincount(ids, minlength=len(probs)).astype(float)
+    expected = probs * s
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] < 5:  # merge a small pooled bin into the smallest big one
+        obs, exp = obs[:-1], exp[:-1]
+        obs[np.argmin(exp)] += counts[~big].sum()
+        exp[np.argmin(exp)] += expected[~big].sum()
+    exp = exp * obs.sum() / exp.sum()
+    p_value = stats.chisquare(obs, exp).pvalue
+    tv = 0.5 * np.abs(counts / s - probs).sum()
+    rng = np.random.default_rng(seed)
+    sim = 0.5 * np.abs(rng.multinomial(s, probs / probs.sum(), size=300) / s - probs).sum(-1)
+    return p_value, tv, float(np.quantile(sim, 0.999))
+
+
+def draw(model, x, sigma, m, seed=0, **kwargs):
+    b = NUM_SAMPLES
+    g = torch.Generator().manual_seed(seed)
+    return asarm.sample(model, x.repeat(b, 1), sigma.repeat(b, 1), torch.full((b,), m), generator=g, **kwargs)
+
+
+CASES = {
+    # name: (order kind, m, prompt tokens, sample kwargs)
+    "sequential": ("sorted", 2, [9, 12], dict(method="sequential")),
+    "assd_k2": ("sorted", 2, [9, 12], dict(method="assd", k=2)),
+    "assd_k5": ("random", 2, [10, 13], dict(method="assd", k=5)),
+    "assd_T0.7": ("sorted", 2, [11, 9], dict(method="assd", k=3, temperature=0.7)),
+    "assd_bonus": ("random", 3, [9, 14, 12], dict(method="assd", k=2, bonus=True)),
+    "ngram": ("prefix", 3, [13, 9, 13], dict(method="ngram", k=3)),
+    "assd_draft_only_T": ("sorted", 2, [12, 10], dict(method="assd", k=3, temperature=0.6, temperature_mode="draft")),
+}
+
+
+def _order(kind, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "prefix":  # the prompt is the first m positions: adjacent pairs feed the n-gram draft
+        return torch.arange(N)
+    if kind == "sorted":
+        return orders.random_sorted_order(1, N, m, generator=g)[0]
+    return orders.random_order(1, N, generator=g)[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_sampler_matches_exact_joint(model, case, backend):
+    kind, m, tokens, kwargs = CASES[case]
+    sigma = _order(kind, m, seed=len(case))
+    x = _prompt(sigma, m, tokens)
+    target_t = 1.0 if kwargs.get("temperature_mode") == "draft" else kwargs.get("temperature", 1.0)
+    seqs, probs = exact_joint(model, x, sigma, m, target_t)
+    assert abs(probs.sum() - 1) < 1e-4  # the enumerated joint is normalised
+    assert probs.max() > 4 / len(probs), "test model too flat to be a meaningful check"
+    out = draw(model, x, sigma, m, seed=1, backend=backend, **kwargs)
+    p_value, tv, bound = goodness_of_fit(out.sequences, seqs, probs)
+    assert p_value > P_MIN, f"{case}: chi-square p = {p_value:.2e}"
+    assert tv <= bound, f"{case}: TV {tv:.4f} > {bound:.4f}"
+    masked = N - m
+    if kwargs.get("temperature_mode") == "draft":
+        assert (out.nfe <= 2 * masked).all()
+    else:
+        assert (out.nfe <= masked).all()
+    if kwargs["method"] == "sequential":
+        assert (out.nfe == masked).all()
+    if kwargs["method"] == "ngram":
+        assert out.drafted.sum() > 0, "the n-gram draft was never used: the case does not test it"
+    if kwargs["method"] == "assd" and kwargs.get("temperature_mode") != "draft" and kwargs["k"] > 2:
+        # (with k = 2 a two-call round always yields exactly two tokens, without bonus)
+        assert out.nfe.float().mean() < masked, "ASSD saved no call at all"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_batch_each_row_matches_its_own_joint(model, backend):
+    """One batch mixing orders, prompt sizes and prompts; every group against its own joint."""
+    configs = [("sorted", 2, [9, 12]), ("random", 3, [10, 14, 11]), ("sorted", 1, [13])]
+    per = 8000
+    xs, sigmas, ms = [], [], []
+    for i, (kind, m, tokens) in enumerate(configs):
+        sigma = _order(kind, m, seed=10 + i)
+        xs.append(_prompt(sigma, m, tokens))
+        sigmas.append(sigma)
+        ms.append(m)
+    # interleave the groups so that rows finish at different times inside one batch
+    group = torch.arange(per * len(configs)) % len(configs)
+    x = torch.stack(xs)[group]
+    sigma = torch.stack(sigmas)[group]
+    m = torch.tensor(ms)[group]
+    out = asarm.sample(model, x, sigma, m, method="assd", k=3, generator=torch.Generator().manual_seed(5),
+                       backend=backend)
+    for i in range(len(configs)):
+        seqs, probs = exact_joint(model, xs[i], sigmas[i], ms[i])
+        p_value, tv, bound = goodness_of_fit(out.sequences[group == i], seqs, probs)
+        assert p_value > P_MIN and tv <= bound, f"group {i}: p = {p_value:.2e}, TV {tv:.4f} (bound {bound:.4f})"
+        assert (out.nfe[group == i] <= N - ms[i]).all()
+
+
+def _broken_accept_ignoring_draft(p_d, q_d, u, valid, r_atol=0.0, accept_first=False):
+    ok = u < p_d  # forgets to divide by q: wrong acceptance probability
+    if accept_first:
+        ok[:, 0] = True
+    return (ok & valid).long().cumprod(-1).sum(-1)
+
+
+@pytest.mark.parametrize("broken", ["r_atol", "accept_ignores_draft"])
+def test_the_test_rejects_a_broken_sampler(model, broken, monkeypatch):
+    kind, m, tokens, kwargs = CASES["assd_k2"]
+    sigma = _order(kind, m, seed=len("assd_k2"))
+    x = _prompt(sigma, m, tokens)
+    seqs, probs = exact_joint(model, x, sigma, m)
+    kwargs = dict(kwargs)
+    if broken == "r_atol":
+        kwargs["r_atol"] = 0.5
+    else:
+        monkeypatch.setattr(sampling, "accept_drafts", _broken_accept_ignoring_draft)
+    out = draw(model, x, sigma, m, seed=1, **kwargs)
+    p_value, tv, bound = goodness_of_fit(out.sequences, seqs, probs)
+    assert p_value < P_MIN and tv > bound, f"broken sampler not detected: p = {p_value:.2e}, TV {tv:.4f}"
