@@ -161,12 +161,16 @@ class ASARM(nn.Module):
         Returns:
             ``(B, K, V)`` float32 logits (banned ids NOT yet removed).
         """
-        out = self.xlnet(
-            input_ids=input_ids,
-            perm_mask=perm_mask.to(self.dtype),
-            target_mapping=target_mapping.to(self.dtype),
-            use_mems=False,
-        )
+        # HF XLNet builds its relative position embeddings in float32 and does not cast them
+        # on the two-stream path, so half-precision weights need autocast to run at all.
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=half):
+            out = self.xlnet(
+                input_ids=input_ids,
+                perm_mask=perm_mask.to(self.dtype),
+                target_mapping=target_mapping.to(self.dtype),
+                use_mems=False,
+            )
         return out.logits.float()
 
     def log_probs(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

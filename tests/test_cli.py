@@ -1,0 +1,53 @@
+"""The `asarm` command: help, infill on a local model directory, clear errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from asarm import ASARM
+from asarm.cli import encode_masked_text, main
+
+
+def run_cli(*args, timeout=240):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-m", "asarm", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_help_lists_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0 and "infill" in res.stdout
+    res = run_cli("infill", "--help")
+    assert res.returncode == 0 and "[MASK:n]" in res.stdout
+
+
+def test_encode_masked_text(local_tokenizer):
+    ids = encode_masked_text("def f(x):[MASK:3] return x", local_tokenizer)
+    assert ids.count(local_tokenizer.mask_token_id) == 3
+    assert local_tokenizer.decode([i for i in ids if i != local_tokenizer.mask_token_id]) == "def f(x): return x"
+    for text, msg in [("", "empty"), ("no spans here", "nothing to infill"), ("a [MASK:0] b", "no token"),
+                      ("[MASK:4]", "no visible text")]:
+        with pytest.raises(ValueError, match=msg):
+            encode_masked_text(text, local_tokenizer)
+
+
+def test_infill_from_a_local_directory(tmp_path, local_tokenizer, capsys):
+    model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    model.save_pretrained(tmp_path / "m", tokenizer=local_tokenizer)
+    code = main(["infill", "--model", str(tmp_path / "m"), "--text", "import os[MASK:5]\nprint(os.getcwd())",
+                 "--method", "sequential", "assd", "ngram", "--k", "3", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("NFE") == 3 and "[sequential] sample 0: NFE 5" in out
+    assert out.count("print(os.getcwd())") == 3  # the visible text survives decoding
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path):
+    res = run_cli("infill", "--model", "tiny", "--text", "nothing to fill")
+    assert res.returncode == 2 and "nothing to infill" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("infill", "--model", "tiny", "--text", "a [MASK:2] b", "--k", "0")
+    assert res.returncode == 2 and "k (draft length)" in res.stderr
+    res = run_cli("infill", "--model", "someone/missing-model", "--text", "a [MASK:2] b")
+    assert res.returncode == 2 and "local directory" in res.stderr and "Traceback" not in res.stderr
