@@ -13,6 +13,13 @@ import time
 
 COMMANDS = [
     "asarm.cli:register_infill",
+    "asarm.train:register_train",
+    "asarm.evaluation.speculative:register",
+    "asarm.evaluation.infill_nlp:register",
+    "asarm.evaluation.infill_code:register",
+    "asarm.evaluation.density:register",
+    "asarm.evaluation.runner:register_merge",
+    "asarm.evaluation.quickstart:register",
 ]
 
 MASK_SPAN = re.compile(r"\[MASK:(\d+)\]")

@@ -1,0 +1,189 @@
+"""Metrics shared by the evaluations: pure functions on numbers, token ids and strings.
+
+* ``mean_se``: mean and standard error of a sample.
+* ``unigram_entropy``: entropy (bits) of a sequence's own token histogram.
+* ``perplexity_from_nll`` / ``judge_nll`` / ``load_judge``: generative
+  perplexity under a causal "judge" LM. Convention: per sequence,
+  ``ppl = exp(mean token NLL)``; the judge's BOS token (if it has one) is put
+  in front so every text token is scored, and the text is cut to the judge's
+  context (``n_positions``, BOS included). A method's perplexity is the mean
+  (and SE) of its per-sequence perplexities.
+* ``paired_tests``: paired t-test, Wilcoxon signed-rank and Mann-Whitney U (scipy).
+* ``pass_at_k``: the unbiased pass@k estimator of Chen et al. (2021).
+* ``rouge_f1``: ROUGE-1/2/L F1 x 100 via the ``rouge-score`` package.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """``(mean, standard error)`` of finite ``values``; SE = sample std (ddof 1) / sqrt(n).
+
+    NaNs/None are ignored; returns ``(nan, nan)`` for no value and SE ``nan`` for one.
+    """
+    x = np.array([v for v in values if v is not None], dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+    return float(x.mean()), se
+
+
+def unigram_entropy(token_ids: Sequence[int]) -> float:
+    """Entropy in bits of the empirical unigram distribution of ``token_ids`` (0 for < 2 distinct)."""
+    counts = np.array(list(Counter(token_ids).values()), dtype=float)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def perplexity_from_nll(mean_nll: float) -> float:
+    """``exp(mean token NLL)`` (natural log)."""
+    return float(math.exp(mean_nll))
+
+
+def judge_input_ids(text: str, tokenizer, max_tokens: int) -> list[int]:
+    """The judge's ids for ``text``: BOS first when the tokenizer has one, cut to ``max_tokens``."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        ids = [bos] + ids
+    return ids[:max_tokens]
+
+
+def judge_nll(model, tokenizer, text: str, max_tokens: int | None = None) -> tuple[float, int]:
+    """Mean token NLL (nats) of ``text`` under a causal LM, and the number of scored tokens.
+
+    Args:
+        model: a ``transformers`` causal LM (``logits (1, L, V)``).
+        max_tokens: context cut (default ``model.config.n_positions`` or
+            ``max_position_embeddings``, else 1024).
+    Returns:
+        ``(mean_nll, scored)``; ``(nan, 0)`` if fewer than 2 ids remain.
+    """
+    import torch
+
+    if max_tokens is None:
+        max_tokens = judge_context(model)
+    ids = judge_input_ids(text, tokenizer, max_tokens)
+    if len(ids) < 2:
+        return math.nan, 0
+    x = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits.float()
+    logp = torch.log_softmax(logits[0, :-1], dim=-1)
+    nll = -logp.gather(-1, x[0, 1:, None]).squeeze(-1)
+    return float(nll.mean()), len(ids) - 1
+
+
+def judge_context(model) -> int:
+    """The judge's context length from its config (GPT-2: ``n_positions``)."""
+    cfg = model.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1024
+
+
+def check_causal_lm_config(config) -> None:
+    """Raise ``ValueError`` unless ``config`` describes a left-to-right causal LM."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = getattr(config, "model_type", None)
+    bidirectional = kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or bidirectional or kind == "xlnet":
+        raise ValueError(f"the judge must be a causal (left-to-right) LM such as gpt2-large; "
+                         f"got a '{kind}' model ({type(config).__name__})")
+
+
+def load_judge(name_or_path: str, device=None, revision: str | None = None):
+    """``(model, tokenizer)`` of a causal judge LM (eval mode, on ``device``).
+
+    Raises ``ValueError`` when it is not a causal LM (a user error), ``OSError``
+    when it cannot be loaded (offline, missing): callers report the latter in
+    the perplexity column and carry on.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..hub import load_or_explain
+
+    config = load_or_explain(AutoConfig.from_pretrained, name_or_path, revision, "judge config")
+    check_causal_lm_config(config)
+    tokenizer = load_or_explain(AutoTokenizer.from_pretrained, name_or_path, revision, "judge tokenizer")
+    model = load_or_explain(AutoModelForCausalLM.from_pretrained, name_or_path, revision, "judge model")
+    return model.to(device).eval(), tokenizer
+
+
+def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Paired t-test, Wilcoxon signed-rank (two-sided) and Mann-Whitney U (two-sided) of ``a`` vs ``b``.
+
+    Pairs with a non-finite value on either side are dropped. A test that is
+    undefined (too few pairs, all differences zero) gets ``nan``.
+    Returns ``{"n", "mean_diff", "ttest_stat", "ttest_p", "wilcoxon_stat", "wilcoxon_p",
+    "mannwhitney_stat", "mannwhitney_p"}`` (``mean_diff = mean(a - b)``).
+    """
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out = {"n": int(len(x)), "mean_diff": float((x - y).mean()) if len(x) else math.nan}
+    tests = {
+        "ttest": lambda: stats.ttest_rel(x, y),
+        "wilcoxon": lambda: stats.wilcoxon(x, y),
+        "mannwhitney": lambda: stats.mannwhitneyu(x, y, alternative="two-sided"),
+    }
+    for name, test in tests.items():
+        try:
+            with warnings.catch_warnings():  # degenerate data: scipy warns, we report nan
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = test() if len(x) >= 2 else None
+            stat, p = (float(res.statistic), float(res.pvalue)) if res is not None else (math.nan, math.nan)
+        except ValueError:  # e.g. Wilcoxon with all differences zero
+            stat, p = math.nan, math.nan
+        out[f"{name}_stat"], out[f"{name}_p"] = stat, p
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k: ``1 - C(n - c, k) / C(n, k)`` for ``n`` samples of which ``c`` pass (``k <= n``)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_f1(prediction: str, reference: str, use_stemmer: bool = True) -> dict[str, float]:
+    """ROUGE-1/2/L F1 x 100 of one pair (``rouge_score.rouge_scorer``), plus their mean as ``"rouge_mean"``."""
+    scorer = _rouge_scorer(use_stemmer)
+    scores = scorer.score(reference, prediction)  # rouge-score's argument order: (target, prediction)
+    out = {t: 100.0 * scores[t].fmeasure for t in ROUGE_TYPES}
+    out["rouge_mean"] = sum(out.values()) / len(ROUGE_TYPES)
+    return out
+
+
+_SCORERS: dict = {}
+
+
+def _rouge_scorer(use_stemmer: bool):
+    if use_stemmer not in _SCORERS:
+        try:
+            from rouge_score import rouge_scorer
+        except ImportError as exc:
+            raise ImportError("ROUGE needs the rouge-score package: pip install rouge-score") from exc
+        _SCORERS[use_stemmer] = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+    return _SCORERS[use_stemmer]

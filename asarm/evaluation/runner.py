@@ -1,0 +1,248 @@
+"""One resumable, shardable runner for every evaluation.
+
+An evaluation is a list of *units* (a trial, a story, a task: whatever is
+computed together), a ``process(unit, seed) -> list[record]`` function and a
+``summarize(records, config, out_dir) -> (results, table)`` function.
+
+The output directory holds:
+
+* ``config.json``: the evaluation's name, its config (everything that changes
+  the numbers) and the ordered list of unit ids. A rerun with a different
+  config refuses to mix results (use a fresh ``--output-dir`` or ``--overwrite``).
+* ``samples.shard-I-of-N.jsonl``: one line ``{"uid", "records"}`` per finished
+  unit, appended and flushed as soon as it is done. A rerun skips every unit
+  already in ANY samples file of the directory (a truncated last line, from a
+  kill mid-write, is dropped and recomputed).
+* ``results.json`` (config included) and ``results.md`` (a table), written
+  atomically once every unit is done: by the single process, or by whichever
+  shard finishes last, or by ``asarm eval-merge DIR``.
+
+Each unit draws its randomness from ``unit_seed(seed, uid)``, so its records do
+not depend on which process ran it, in which order, or after how many restarts:
+shard + merge and interrupt + resume give the same numbers as one process
+(wall-clock times aside). Shard ``i`` of ``n`` takes units ``i, i + n, ...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..utils import atomic_write_json, atomic_write_text
+
+SUMMARIZERS = {
+    "speculative": "asarm.evaluation.speculative:summarize",
+    "infill-nlp": "asarm.evaluation.infill_nlp:summarize",
+    "infill-code": "asarm.evaluation.infill_code:summarize",
+    "density": "asarm.evaluation.density:summarize",
+}
+# argparse options that do not change the numbers (kept in results.json under "runtime").
+RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "command", "func"}
+CONFIG_FILE, RESULTS_FILE, TABLE_FILE = "config.json", "results.json", "results.md"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of work: ``uid`` (stable, unique string id) and whatever ``process`` needs."""
+
+    uid: str
+    payload: Any
+
+
+def add_run_arguments(p, default_output: str) -> None:
+    """Options every evaluation command shares: output, seed, subset, sharding, resume."""
+    p.add_argument("--output-dir", default=default_output, help="where results go (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each unit derives its own (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N units (quick runs)")
+    p.add_argument("--shard", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
+                   help="this process's shard index (default: $SLURM_ARRAY_TASK_ID or 0)")
+    p.add_argument("--num-shards", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
+                   help="number of shards (default: $SLURM_ARRAY_TASK_COUNT or 1); merge with `asarm eval-merge`")
+    p.add_argument("--overwrite", action="store_true", help="discard results already in --output-dir")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def unit_seed(seed: int, uid: str) -> int:
+    """A 63-bit seed for one unit, a pure function of ``(seed, uid)``."""
+    digest = hashlib.sha256(f"{seed}/{uid}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def split_config(args) -> tuple[dict, dict]:
+    """``(config, runtime)`` from parsed arguments: runtime keys do not change the numbers."""
+    items = {k: v for k, v in vars(args).items() if k != "func"}
+    config = {k: v for k, v in items.items() if k not in RUNTIME_KEYS}
+    runtime = {k: v for k, v in items.items() if k in RUNTIME_KEYS and k != "func"}
+    return config, runtime
+
+
+def select_units(units: list[Unit], limit: int | None) -> list[Unit]:
+    """The first ``limit`` units; ``ValueError`` if none is left or ids repeat."""
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        units = units[:limit]
+    if not units:
+        raise ValueError("no tasks selected: the data set or the filters (--limit, --tasks, ...) leave nothing to evaluate")
+    uids = [u.uid for u in units]
+    if len(set(uids)) != len(uids):
+        raise ValueError("unit ids are not unique (duplicate rows in the data?)")
+    return units
+
+
+def shard_units(units: list[Unit], shard: int, num_shards: int) -> list[Unit]:
+    """Units ``shard, shard + num_shards, ...``."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"need 0 <= --shard < --num-shards, got shard {shard} of {num_shards}")
+    return units[shard::num_shards]
+
+
+def prepare_output(out_dir: Path, evaluation: str, config: dict, uids: list[str], overwrite: bool) -> None:
+    """Write ``config.json``, or check that the one there describes the same run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CONFIG_FILE
+    wanted = {"evaluation": evaluation, "config": config, "units": uids}
+    if overwrite:
+        for f in list(out_dir.glob("samples.*.jsonl")) + [out_dir / RESULTS_FILE, out_dir / TABLE_FILE]:
+            f.unlink(missing_ok=True)
+    elif path.exists():
+        old = json.loads(path.read_text())
+        if json.loads(json.dumps(wanted, default=str)) != old:
+            diff = sorted(k for k in set(config) | set(old.get("config", {}))
+                          if json.loads(json.dumps(config.get(k), default=str)) != old.get("config", {}).get(k))
+            what = f"settings differ: {', '.join(diff)}" if diff else "the evaluation or its units differ"
+            raise ValueError(f"{out_dir} already holds a different run ({what}); pass a new --output-dir, "
+                             "or --overwrite to discard it")
+        return
+    atomic_write_json(path, wanted)
+
+
+def load_records(out_dir: Path) -> dict[str, list[dict]]:
+    """Finished units of every ``samples.*.jsonl`` in ``out_dir``: ``{uid: records}``.
+
+    A line that does not parse (the tail of an interrupted write) is ignored.
+    """
+    done: dict[str, list[dict]] = {}
+    for path in sorted(out_dir.glob("samples.*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done[row["uid"]] = row["records"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def _open_for_append(path: Path):
+    """Open a JSONL file for appending, first cutting a partial last line (from a crash)."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    return open(path, "a", encoding="utf-8")
+
+
+def run_units(out_dir: Path, units: list[Unit], make_process: Callable[[], Callable], seed: int,
+              shard: int, num_shards: int, progress: bool = True, desc: str = "eval") -> int:
+    """Process this shard's unfinished units, appending each one's records as it finishes.
+
+    ``make_process()`` (model loading) is called only if something is left to do.
+    Returns the number of units processed now.
+    """
+    from tqdm.auto import tqdm
+
+    done = load_records(out_dir)
+    todo = [u for u in shard_units(units, shard, num_shards) if u.uid not in done]
+    if not todo:
+        return 0
+    process = make_process()
+    path = out_dir / f"samples.shard-{shard}-of-{num_shards}.jsonl"
+    with _open_for_append(path) as f:
+        for unit in tqdm(todo, desc=f"{desc} [shard {shard}/{num_shards}]", disable=not progress, file=sys.stderr):
+            records = process(unit, unit_seed(seed, unit.uid))
+            f.write(json.dumps({"uid": unit.uid, "records": records}, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return len(todo)
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def finalize(out_dir: str | os.PathLike, runtime: dict | None = None, quiet: bool = False) -> dict | None:
+    """Summarise a finished run into ``results.json`` + ``results.md``; print the table.
+
+    Returns the results dict, or None (with a message) while units are missing.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{out_dir / CONFIG_FILE} not found: is {out_dir} an evaluation output directory?")
+    meta = json.loads((out_dir / CONFIG_FILE).read_text())
+    done = load_records(out_dir)
+    missing = [u for u in meta["units"] if u not in done]
+    if missing:
+        print(f"{len(missing)} of {len(meta['units'])} units not finished yet in {out_dir} "
+              f"(first: {missing[0]}); run the remaining shards, then `asarm eval-merge {out_dir}`", file=sys.stderr)
+        return None
+    records = [r for uid in meta["units"] for r in done[uid]]
+    module, func = SUMMARIZERS[meta["evaluation"]].split(":")
+    summarize = getattr(importlib.import_module(module), func)
+    results, table = summarize(records, meta["config"], out_dir)
+    payload = {"evaluation": meta["evaluation"], "config": meta["config"], "num_units": len(meta["units"]),
+               "results": results, "runtime": runtime or {}}
+    atomic_write_json(out_dir / RESULTS_FILE, json.loads(json.dumps(payload, default=_json_default)))
+    atomic_write_text(out_dir / TABLE_FILE, table + "\n")
+    if not quiet:
+        print(table)
+        print(f"\nwrote {out_dir / RESULTS_FILE} and {out_dir / TABLE_FILE}")
+    return results
+
+
+def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Callable[[], Callable]) -> dict | None:
+    """The whole flow for one command: select, check/write the config, process this shard, finalize.
+
+    Returns the results when every unit is done (else None: other shards pending).
+    """
+    config, runtime = split_config(args)
+    units = select_units(units, args.limit)
+    out_dir = Path(args.output_dir)
+    prepare_output(out_dir, evaluation, config, [u.uid for u in units], args.overwrite)
+    shard_units(units, args.shard, args.num_shards)  # validate before loading anything
+    run_units(out_dir, units, make_process, args.seed, args.shard, args.num_shards, args.progress, evaluation)
+    return finalize(out_dir, runtime)
+
+
+def register_merge(sub) -> None:
+    p = sub.add_parser("eval-merge", help="merge the shards of an evaluation into one results.json",
+                       description="Summarise an evaluation output directory whose units were computed by "
+                                   "several shards (or re-summarise a finished one).")
+    p.add_argument("output_dir", help="the evaluation's --output-dir")
+    p.set_defaults(func=lambda args: 0 if finalize(args.output_dir) is not None else 1)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-markdown table; floats shown with 3 significant decimals."""
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pm(mean: float, se: float, digits: int = 2) -> str:
+    """``"mean ± se"`` (``"n/a"`` for NaN)."""
+    if mean != mean:
+        return "n/a"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}" if se == se else f"{mean:.{digits}f}"
