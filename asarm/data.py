@@ -1,14 +1,63 @@
-"""Text sources.
+"""Text sources and the packed training stream.
 
 ``stdlib_texts``: an offline corpus every Python installation has (the
 standard library's own source files), used for the local tokenizer, tiny
 demo models and the offline quickstart.
+
+Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
+
+* Sources: ``stdlib`` (the standard library's sources, one file = one
+  document, offline), ``openwebtext`` and ``starcoder``
+  (``bigcode/starcoderdata``, ``data_dir="python"``, field ``content``)
+  streamed from the Hugging Face hub with ``datasets``, ``hf:ORG/NAME``, or
+  local files / globs (``.jsonl``/``.json``: one document per record, field
+  ``text`` unless told; anything else: one document per file).
+* Held-out split: the first ``eval_docs`` documents of the source; training
+  leaves out every document with the same text.
+* Sharding: the training stream is split into ``num_slots`` disjoint shards,
+  one per micro-batch *slot* (``rank * accumulation + micro``), so each rank
+  reads its own shards and the global batch does not depend on how the slots
+  are spread over processes.
+* Packing: each document is tokenized WITHOUT the tokenizer's own special
+  tokens (XLNet would append ``<sep><cls>``; set ``add_special_tokens`` to get
+  the paper loader's behaviour back), followed by one EOS, and the stream is
+  cut into ``seq_len`` chunks; documents run across chunk boundaries and
+  nothing is dropped. Literal special-token strings inside a document become
+  those special ids (that is how the code whitespace mapping reaches the
+  model); the loss covers every token, EOS and whitespace specials included.
+* Resume: ``PackedStream.state_dict()`` holds the source position (the
+  ``datasets`` iterator state), the unused tokens of the current document
+  and the epoch, so a resumed stream yields exactly the chunks the
+  uninterrupted one would have.
+
+Code whitespace (``encode_code_whitespace`` / ``decode_code_whitespace``):
+the XLNet sentencepiece tokenizer drops newlines, tabs and repeated spaces,
+so the paper mapped them to spare specials before tokenizing, in this order:
+newline -> ``<cls>``, tab -> ``<sep>``, two spaces -> ``<unk>``, three spaces
+-> ``<pad>``. Because two spaces are replaced before three, the ``<pad>`` rule
+never fires (a run of ``s`` spaces becomes ``s // 2`` ``<unk>`` and, when
+``s`` is odd, one plain space); it is kept so that the mapping is the one the
+released ``code`` checkpoint was trained with, and decoding maps ``<pad>``
+back to three spaces. String level: ``decode(encode(t)) == t`` exactly iff
+``t`` contains none of the literal strings ``<cls>``, ``<sep>``, ``<unk>``,
+``<pad>`` (those decode to whitespace). Token level with the XLNet
+sentencepiece tokenizer (not testable offline; see the README) the
+remaining single spaces, text normalisation (NFKC) and out-of-vocabulary
+characters (which become ``<unk>`` = two spaces) can change.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import os
 import sysconfig
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 
 def stdlib_texts(max_chars: int = 2_000_000, skip: int = 0, stride: int = 1) -> list[str]:
@@ -21,11 +70,8 @@ def stdlib_texts(max_chars: int = 2_000_000, skip: int = 0, stride: int = 1) -> 
     Returns:
         list of file contents (tests and site-packages excluded).
     """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py") if p.is_file())
-    files += sorted(p for p in root.glob("*/*.py") if p.is_file() and not {"test", "tests", "site-packages", "idlelib"} & set(p.parts))
     texts, total = [], 0
-    for path in files[skip::stride]:
+    for path in stdlib_paths()[skip::stride]:
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
@@ -35,5 +81,232 @@ def stdlib_texts(max_chars: int = 2_000_000, skip: int = 0, stride: int = 1) -> 
         if total >= max_chars:
             break
     if not texts:
-        raise FileNotFoundError(f"no Python standard-library sources found under {root}")
+        raise FileNotFoundError(f"no Python standard-library sources found under {sysconfig.get_paths()['stdlib']}")
     return texts
+
+
+def stdlib_paths() -> list[Path]:
+    """The standard-library source files ``stdlib_texts`` reads, in its fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if p.is_file())
+    files += sorted(p for p in root.glob("*/*.py") if p.is_file() and not {"test", "tests", "site-packages", "idlelib"} & set(p.parts))
+    return files
+
+
+# ---------------------------------------------------------------------------- code whitespace
+CODE_WHITESPACE: tuple[tuple[str, str], ...] = (("\n", "<cls>"), ("\t", "<sep>"), ("  ", "<unk>"), ("   ", "<pad>"))
+
+
+def encode_code_whitespace(text: str) -> str:
+    """Map whitespace to XLNet's spare specials, rules applied in ``CODE_WHITESPACE`` order (module docstring)."""
+    for char, token in CODE_WHITESPACE:
+        text = text.replace(char, token)
+    return text
+
+
+def decode_code_whitespace(text: str) -> str:
+    """Inverse of ``encode_code_whitespace`` for text without literal ``<cls>``/``<sep>``/``<unk>``/``<pad>``."""
+    for char, token in CODE_WHITESPACE:
+        text = text.replace(token, char)
+    return text
+
+
+def code_whitespace_ids(tokenizer) -> list[int]:
+    """Ids of the four whitespace specials: a code model must be allowed to sample them."""
+    return [tokenizer.convert_tokens_to_ids(token) for _, token in CODE_WHITESPACE]
+
+
+# ---------------------------------------------------------------------------- sources
+HUB_DATASETS = {
+    "openwebtext": dict(path="Skylion007/openwebtext", field="text", code=False),
+    "starcoder": dict(path="bigcode/starcoderdata", data_dir="python", field="content", code=True),
+}
+ALIASES = {"bigcode/starcoderdata": "starcoder", "Skylion007/openwebtext": "openwebtext"}
+JSON_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass
+class DataSpec:
+    """A resolved training source (``resolve_dataset``).
+
+    Attributes:
+        name: as given. kind: ``files`` or ``hub``.
+        files: the local files (kind ``files``).
+        hub: ``datasets.load_dataset`` keyword arguments (kind ``hub``).
+        field: the text field of a record. code: apply the code whitespace mapping.
+    """
+
+    name: str
+    kind: str
+    files: list[str] = dc_field(default_factory=list)
+    hub: dict = dc_field(default_factory=dict)
+    field: str = "text"
+    code: bool = False
+
+
+def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: bool | None = None) -> DataSpec:
+    """Turn a dataset name into a ``DataSpec``, checking what can be checked offline.
+
+    Raises:
+        FileNotFoundError: a path or glob that matches no file.
+        ValueError: a name that is neither known, ``hf:ORG/NAME`` nor a path.
+    """
+    name = str(name)
+    key = ALIASES.get(name, name)
+    if key == "stdlib":
+        spec = DataSpec(name, "files", files=[str(p) for p in stdlib_paths()])
+    elif key in HUB_DATASETS:
+        entry = dict(HUB_DATASETS[key])
+        spec = DataSpec(name, "hub", field=entry.pop("field"), code=entry.pop("code"), hub=entry)
+    elif key.startswith("hf:"):
+        spec = DataSpec(name, "hub", hub=dict(path=key[3:]))
+    elif any(c in key for c in "/\\*?[") or Path(key).suffix or Path(key).exists():
+        matches = sorted(glob.glob(os.path.expanduser(key), recursive=True))
+        files = [m for m in matches if os.path.isfile(m)]
+        if not files:
+            raise FileNotFoundError(f"dataset '{name}': no file matches this path/glob")
+        kinds = {f.endswith(JSON_SUFFIXES) for f in files}
+        if len(kinds) > 1:
+            raise ValueError(f"dataset '{name}' mixes JSON and plain-text files; give one kind per run")
+        spec = DataSpec(name, "files", files=files)
+    else:
+        raise ValueError(
+            f"unknown dataset '{name}': use stdlib, openwebtext, starcoder (bigcode/starcoderdata), "
+            "hf:ORG/NAME, or a path/glob of .txt/.jsonl files")
+    if text_field:
+        spec.field = text_field
+    if code_whitespace is not None:
+        spec.code = code_whitespace
+    return spec
+
+
+def _load(spec: DataSpec):
+    """The whole source as a streaming ``datasets.IterableDataset`` with one ``text`` column."""
+    import datasets
+
+    if spec.kind == "files":
+        if spec.files[0].endswith(JSON_SUFFIXES):
+            ds = datasets.load_dataset("json", data_files=spec.files, split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset("text", data_files=spec.files, sample_by="document", split="train", streaming=True)
+            return ds
+    else:
+        try:
+            ds = datasets.load_dataset(**spec.hub, split="train", streaming=True)
+        except Exception as exc:  # offline / unknown repo / no access: one clear message
+            raise OSError(
+                f"could not stream '{spec.name}' ({spec.hub}) from the Hugging Face hub: {type(exc).__name__}: {exc}. "
+                "Offline? Train on local files (dataset: path/to/*.jsonl or *.txt) or on the bundled 'stdlib' corpus."
+            ) from exc
+    if spec.field != "text":
+        ds = ds.select_columns([spec.field]).rename_column(spec.field, "text")
+    return ds
+
+
+def open_split(spec: DataSpec, split: str, eval_docs: int, shard: int = 0, num_shards: int = 1,
+               held_out: frozenset | None = None):
+    """One shard of the training stream (``split="train"``), or the held-out documents (``"eval"``).
+
+    Held out = the first ``eval_docs`` documents of the source; the training
+    stream leaves out every document whose ``text_digest`` is in ``held_out``
+    (default: computed here), so held-out text never reaches training, however
+    ``datasets`` splits the source into shards.
+
+    Returns a fresh ``datasets.IterableDataset`` of ``{"text": str}`` records.
+    """
+    from datasets.distributed import split_dataset_by_node
+
+    ds = _load(spec)
+    if split == "eval":
+        return ds.take(eval_docs)
+    if held_out is None:
+        held_out = held_out_digests(spec, eval_docs)
+    ds = split_dataset_by_node(ds, rank=shard, world_size=num_shards) if num_shards > 1 else ds
+    return ds.filter(lambda r: text_digest(r["text"]) not in held_out) if held_out else ds
+
+
+def text_digest(text: str | None) -> str:
+    """A stable content hash of a document."""
+    return hashlib.blake2b((text or "").encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def held_out_digests(spec: DataSpec, eval_docs: int) -> frozenset:
+    """``text_digest`` of the held-out documents (reads them once)."""
+    return frozenset(text_digest(r["text"]) for r in open_split(spec, "eval", eval_docs)) if eval_docs else frozenset()
+
+
+def make_encoder(tokenizer, code: bool, add_special_tokens: bool = False) -> Callable[[str], list[int]]:
+    """``text -> ids``: the code whitespace mapping (if ``code``), then the tokenizer."""
+
+    def encode(text: str) -> list[int]:
+        text = encode_code_whitespace(text) if code else text
+        return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    return encode
+
+
+def decode_text(ids, tokenizer, code: bool) -> str:
+    """``ids -> text`` keeping special tokens, with the whitespace mapping undone when ``code``."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return decode_code_whitespace(text) if code else text
+
+
+# ---------------------------------------------------------------------------- packing
+class PackedStream:
+    """Fixed-length chunks of token ids from one document stream; endless (epochs), resumable.
+
+    Args:
+        make_dataset: ``() -> IterableDataset`` of ``{"text": str}``; called at
+            the start and at every new epoch (a fresh object, so that a loaded
+            state never leaks into the next epoch).
+        encode: ``text -> list[int]``; eos_id: appended after every document.
+        seq_len: chunk length ``N``.
+    """
+
+    def __init__(self, make_dataset: Callable, encode: Callable[[str], list[int]], eos_id: int, seq_len: int):
+        self.make_dataset, self.encode, self.eos_id, self.seq_len = make_dataset, encode, eos_id, seq_len
+        self.epoch, self.docs, self.buffer = 0, 0, []
+        self._new_epoch_dataset()
+
+    def _new_epoch_dataset(self):
+        self.dataset = self.make_dataset()
+        self._iter = None
+
+    def _next_document(self) -> str:
+        for attempt in range(2):
+            if self._iter is None:
+                self._iter = iter(self.dataset)
+            try:
+                text = next(self._iter)["text"]
+                self.docs += 1
+                return text or ""
+            except StopIteration:
+                if self.docs == 0:
+                    raise ValueError("a data shard holds no document: use fewer slots "
+                                     "(processes x accumulation) or more documents") from None
+                self.epoch, self.docs = self.epoch + 1, 0
+                self._new_epoch_dataset()
+        raise AssertionError("unreachable")
+
+    def next_chunk(self) -> list[int]:
+        """The next ``seq_len`` token ids."""
+        while len(self.buffer) < self.seq_len:
+            self.buffer.extend(self.encode(self._next_document()))
+            self.buffer.append(self.eos_id)
+        chunk, self.buffer = self.buffer[: self.seq_len], self.buffer[self.seq_len:]
+        return chunk
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """``(batch_size, seq_len)`` long."""
+        return torch.tensor([self.next_chunk() for _ in range(batch_size)], dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly here (JSON/pickle-able)."""
+        return {"epoch": self.epoch, "docs": self.docs, "buffer": list(self.buffer),
+                "source": self.dataset.state_dict() if self._iter is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.docs, self.buffer = state["epoch"], state["docs"], list(state["buffer"])
+        self._new_epoch_dataset()
+        if state["source"] is not None:
+            self.dataset.load_state_dict(state["source"])
