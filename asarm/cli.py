@@ -13,6 +13,7 @@ import time
 
 COMMANDS = [
     "asarm.cli:register_infill",
+    "asarm.train:register_train",
     "asarm.evaluation.speculative:register",
     "asarm.evaluation.infill_nlp:register",
     "asarm.evaluation.infill_code:register",
