@@ -43,7 +43,8 @@ SUMMARIZERS = {
     "density": "asarm.evaluation.density:summarize",
 }
 # argparse options that do not change the numbers (kept in results.json under "runtime").
-RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "command", "func"}
+RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command",
+                "func"}
 CONFIG_FILE, RESULTS_FILE, TABLE_FILE = "config.json", "results.json", "results.md"
 
 
@@ -66,6 +67,8 @@ def add_run_arguments(p, default_output: str) -> None:
                    help="number of shards (default: $SLURM_ARRAY_TASK_COUNT or 1); merge with `asarm eval-merge`")
     p.add_argument("--overwrite", action="store_true", help="discard results already in --output-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice; 1 is fastest for tiny models on busy CPUs)")
 
 
 def unit_seed(seed: int, uid: str) -> int:
@@ -214,6 +217,10 @@ def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Calla
 
     Returns the results when every unit is done (else None: other shards pending).
     """
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
     config, runtime = split_config(args)
     units = select_units(units, args.limit)
     out_dir = Path(args.output_dir)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=asarm-infill-nlp
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32G
+#SBATCH --time=12:00:00
+#SBATCH --output=%x-%A_%a.out
+# ROCStories infilling (paper, sec. 6): ROUGE-1/2/L of the generated middle, both settings.
+#   bash _run_nlp_infill_eval.sh
+#   sbatch --array=0-7 _run_nlp_infill_eval.sh
+#   METHOD=sequential TRIALS=5 bash _run_nlp_infill_eval.sh
+set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")}"
+source scripts/eval_launch.sh
+
+MODEL=${MODEL:-therealgabeguo/ASARM}
+REVISION=${REVISION:-nlp}
+DATA=${DATA:-${ASARM_EVAL_DATA:-eval_datasets}/rocstories/cloze_test_val__spring2016.csv}
+SETTINGS=${SETTINGS:-middle long}
+METHOD=${METHOD:-assd}
+TRIALS=${TRIALS:-5}
+K=${K:-5}
+TEMPERATURE=${TEMPERATURE:-1.0}
+DEVICE=${DEVICE:-auto}
+SEED=${SEED:-0}
+OUT=${OUT:-outputs/infill_nlp_${REVISION}_${METHOD}}
+
+# shellcheck disable=SC2086
+run_eval "$OUT" infill-nlp --model "$MODEL" --revision "$REVISION" --data "$DATA" --settings $SETTINGS \
+  --method "$METHOD" --trials "$TRIALS" --k "$K" --temperature "$TEMPERATURE" --device "$DEVICE" --seed "$SEED"

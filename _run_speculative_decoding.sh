@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=asarm-speculative
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32G
+#SBATCH --time=12:00:00
+#SBATCH --output=%x-%A_%a.out
+# Speculative decoding on WikiText-2 (paper, sec. 6): sequential vs ASSD vs n-gram draft.
+#   bash _run_speculative_decoding.sh                        # paper settings, one process
+#   sbatch --array=0-7 _run_speculative_decoding.sh          # 8 shards; the last one writes results.json
+#   NUM_SHARDS=4 bash _run_speculative_decoding.sh           # 4 local processes (GPU i each), then merge
+#   TRIALS=20 DATA=../shared/data/wikitext-2-raw/wiki.test.raw bash _run_speculative_decoding.sh
+# Every setting below is a variable; EXTRA_ARGS is appended (e.g. "--baseline-model xlnet/xlnet-base-cased").
+set -euo pipefail
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")}"
+source scripts/eval_launch.sh
+
+MODEL=${MODEL:-therealgabeguo/ASARM}
+REVISION=${REVISION:-nlp_210k_plus_75k}
+DATA=${DATA:-${ASARM_EVAL_DATA:-eval_datasets}/wikitext-2-raw/wiki.test.raw}
+SEQ_LEN=${SEQ_LEN:-512}
+VISIBLE_FRAC=${VISIBLE_FRAC:-0.05}
+TRIALS=${TRIALS:-700}
+METHODS=${METHODS:-sequential assd ngram}
+K=${K:-5}
+TEMPERATURE=${TEMPERATURE:-1.0}
+JUDGE=${JUDGE:-gpt2-large}
+DEVICE=${DEVICE:-auto}
+SEED=${SEED:-0}
+OUT=${OUT:-outputs/speculative_${REVISION}_k${K}}
+
+# shellcheck disable=SC2086
+run_eval "$OUT" speculative --model "$MODEL" --revision "$REVISION" --data "$DATA" --seq-len "$SEQ_LEN" \
+  --visible-frac "$VISIBLE_FRAC" --trials "$TRIALS" --methods $METHODS --k "$K" --temperature "$TEMPERATURE" \
+  --judge "$JUDGE" --device "$DEVICE" --seed "$SEED"

@@ -1,0 +1,115 @@
+"""Evaluation metrics against hand computations, scipy and rouge-score."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from asarm.evaluation import metrics
+
+
+def test_unigram_entropy_by_hand():
+    # p = (1/2, 1/4, 1/4) -> H = 1.5 bits
+    assert metrics.unigram_entropy([7, 7, 8, 9]) == pytest.approx(1.5)
+    assert metrics.unigram_entropy([3, 3, 3]) == 0.0
+    assert metrics.unigram_entropy(list(range(8))) == pytest.approx(3.0)
+
+
+def test_mean_se_by_hand():
+    mean, se = metrics.mean_se([1.0, 2.0, 3.0, None, float("nan")])
+    assert mean == pytest.approx(2.0)
+    assert se == pytest.approx(1.0 / math.sqrt(3))  # std(ddof=1) = 1
+
+
+def _zero_gpt2(local_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=len(local_tokenizer), n_positions=16, n_embd=8, n_layer=1, n_head=2)
+    judge = GPT2LMHeadModel(cfg).eval()
+    for p in judge.parameters():
+        torch.nn.init.zeros_(p)
+    return judge
+
+
+def test_judge_perplexity_by_hand(local_tokenizer):
+    """All-zero GPT-2 -> uniform next-token distribution -> perplexity = vocabulary size, any text."""
+    judge = _zero_gpt2(local_tokenizer)
+    nll, n = metrics.judge_nll(judge, local_tokenizer, "def f(x):\n    return x")
+    vocab = len(local_tokenizer)
+    assert nll == pytest.approx(math.log(vocab), rel=1e-5)
+    assert metrics.perplexity_from_nll(nll) == pytest.approx(vocab, rel=1e-4)
+    ids = local_tokenizer("def f(x):\n    return x", add_special_tokens=False)["input_ids"]
+    assert n == min(len(ids) + 1, 16) - 1  # BOS in front, every text token scored, cut to the context
+
+
+def test_judge_nll_matches_manual_cross_entropy(local_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    judge = GPT2LMHeadModel(GPT2Config(vocab_size=len(local_tokenizer), n_positions=8, n_embd=8, n_layer=1,
+                                       n_head=2)).eval()
+    text = "import os, sys; print(os.sep, sys.argv)"
+    ids = [local_tokenizer.bos_token_id] + local_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = ids[:8]  # cut to the judge's context (8)
+    logits = judge(torch.tensor([ids])).logits[0]
+    manual = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
+    nll, n = metrics.judge_nll(judge, local_tokenizer, text)
+    assert n == 7 and nll == pytest.approx(manual, rel=1e-5)
+
+
+def test_paired_tests_match_scipy():
+    a = [12.1, 10.4, 11.8, 13.0, 9.9, 12.7, 11.1, 10.0]
+    b = [11.0, 10.9, 10.2, 12.1, 9.0, 12.0, 10.3, 10.5]
+    out = metrics.paired_tests(a, b)
+    t = stats.ttest_rel(a, b)
+    w = stats.wilcoxon(a, b)
+    u = stats.mannwhitneyu(a, b, alternative="two-sided")
+    assert out["n"] == 8
+    assert out["ttest_stat"] == pytest.approx(t.statistic) and out["ttest_p"] == pytest.approx(t.pvalue)
+    assert out["wilcoxon_stat"] == pytest.approx(w.statistic) and out["wilcoxon_p"] == pytest.approx(w.pvalue)
+    assert out["mannwhitney_stat"] == pytest.approx(u.statistic) and out["mannwhitney_p"] == pytest.approx(u.pvalue)
+    d = np.subtract(a, b)  # the t statistic by hand
+    assert out["ttest_stat"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
+
+
+def test_paired_tests_degenerate_give_nan():
+    out = metrics.paired_tests([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert math.isnan(out["ttest_p"]) and out["mean_diff"] == 0.0  # zero variance: undefined, no crash
+    assert metrics.paired_tests([1.0], [2.0])["n"] == 1
+
+
+def test_pass_at_k():
+    assert metrics.pass_at_k(1, 1, 1) == 1.0 and metrics.pass_at_k(1, 0, 1) == 0.0
+    assert metrics.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert metrics.pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    assert metrics.pass_at_k(5, 4, 2) == 1.0
+    with pytest.raises(ValueError):
+        metrics.pass_at_k(3, 1, 5)
+
+
+@pytest.mark.parametrize("stemmer", [True, False])
+def test_rouge_equals_rouge_score(stemmer):
+    from rouge_score import rouge_scorer
+
+    pairs = [("The cat sat on the mat.", "A cat was sitting on the mat."),
+             ("She baked brownies for the party.", "She decided to bake a batch of brownies."),
+             ("", "Nothing generated."),
+             ("running runs ran", "He runs and running.")]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stemmer)
+    for pred, ref in pairs:
+        ours = metrics.rouge_f1(pred, ref, use_stemmer=stemmer)
+        theirs = scorer.score(ref, pred)
+        for key in ("rouge1", "rouge2", "rougeL"):
+            assert ours[key] == pytest.approx(100 * theirs[key].fmeasure)
+        assert ours["rouge_mean"] == pytest.approx(sum(100 * theirs[k].fmeasure for k in theirs) / 3)
+
+
+def test_judge_must_be_causal():
+    from transformers import BertConfig, GPT2Config, T5Config, XLNetConfig
+
+    metrics.check_causal_lm_config(GPT2Config())
+    for cfg in (BertConfig(), T5Config(), XLNetConfig()):
+        with pytest.raises(ValueError, match="causal"):
+            metrics.check_causal_lm_config(cfg)
