@@ -1,0 +1,224 @@
+"""Cached decoding backend: a content-stream key/value cache for arbitrary orders.
+
+Why a cache is exact here (spec sections 2-3). In rank space every mask of
+``step_mask`` is a *prefix*: with ``m`` prompt tokens and ``n`` known tokens,
+
+* the content stream of a known rank ``r`` attends to ranks ``< max(m, r + 1)``
+  (lower ranks, itself, and the whole prompt if ``r < m``);
+* a query at a known rank ``r`` attends to ranks ``< r`` (``< m`` if ``r < m``);
+* a query at an unknown rank attends to ranks ``< n`` (every known token);
+* nobody attends to an unknown token.
+
+So the content stream of rank ``r`` depends only on the tokens of ranks
+``<= max(r, m - 1)``. XLNet's relative attention depends on the positions
+only through ``pos_i - pos_j``, so nothing else changes as tokens are filled
+in. Each layer's content-stream keys and values can therefore be cached per
+rank and reused as long as the tokens of lower ranks are unchanged.
+
+What one call computes, for each row: the content streams of the ranks that
+became known since the last call (causal among themselves over the cache),
+and the query streams asked for, in ONE pass through the layers. Hence
+
+* prompt (first call of a row): the prompt block, bidirectional, plus queries;
+* ASSD draft call: ``k`` query streams over the cache (plus the one token the
+  last oracle round corrected);
+* ASSD oracle call: the ``k`` drafted tokens' content streams plus their queries;
+* sequential: the previous token's content stream plus the next query.
+
+Keeping it exact: per row we store the tokens whose keys/values are cached.
+At every call the row's cache is cut at the first rank whose token in ``x``
+differs (a rejected draft that was overwritten); everything below is still
+exact. Cached ranks above ``n_known`` (drafts not yet rewritten) stay, but are
+never attended: every mask is a prefix of at most ``n_known`` ranks.
+
+Cost: per call O(R x T x (d^2 + d x d_inner + L x d + 2N x d)) for R rows, T new
+streams per row and L cached keys; the plain path pays O(N x d^2 + N^2 x d)
+per row and call. Memory: ``2 x d_model x itemsize`` bytes per token per layer
+(K and V) for ``B x N`` tokens, plus one ``2N x d_model`` table of projected
+relative embeddings per layer; never an ``N x N`` tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .orders import order_to_pos
+
+
+def cache_bytes_per_token_per_layer(config, dtype=torch.float32) -> int:
+    """Bytes the cache holds per token and layer: keys and values, ``2 x n_head x d_head x itemsize``."""
+    return 2 * config.n_head * config.d_head * torch.empty((), dtype=dtype).element_size()
+
+
+def attend(q, k, v, rel_k, rel_idx, allowed, r_w_bias, r_r_bias, scale: float):
+    """XLNet's relative multi-head attention of new streams over cached keys.
+
+    ``score[t, j] = ((q_t + r_w_bias) . k_j + (q_t + r_r_bias) . rel_k[rel_idx[t, j]]) * scale``,
+    restricted to ``allowed`` keys, softmax, weighted sum of ``v``. Pure and
+    shape-static given its inputs (``torch.compile`` friendly).
+
+    Args:
+        q: ``(R, T, H, D)`` queries of the new streams.
+        k, v: ``(R, H, L, D)`` cached content keys / values (rank order).
+        rel_k: ``(H, P, D)`` projected relative embeddings, one per distance (head-major, so that
+            the product below is a plain batched matmul over heads without copying the table).
+        rel_idx: ``(R, T, L)`` long, row of ``rel_k`` for each (stream, key) pair.
+        allowed: ``(R, T, L)`` bool; each stream must allow at least one key.
+        r_w_bias, r_r_bias: ``(H, D)``.
+    Returns:
+        ``(R, T, H, D)``.
+    """
+    content = torch.einsum("rthd,rhld->rhtl", q + r_w_bias, k)
+    # position term against every distance, then pick the (stream, key) distances:
+    # (T x 2N) per row instead of HF's (N x 2N) block.
+    position = torch.einsum("rthd,hpd->rhtp", q + r_r_bias, rel_k)
+    position = position.gather(3, rel_idx[:, None].expand(-1, position.shape[1], -1, -1))
+    score = (content + position) * scale
+    # finite fill in the score's own dtype: safe in fp16/bf16, and a fully masked
+    # (padding) row gives a uniform softmax instead of NaN
+    score = score.masked_fill(~allowed[:, None], torch.finfo(score.dtype).min)
+    prob = torch.softmax(score.float(), dim=-1).to(v.dtype)
+    return torch.einsum("rhtl,rhld->rthd", prob, v)
+
+
+class CachedDecoder:
+    """Decoder backend with a per-layer content-stream K/V cache; same contract as ``PlainDecoder``.
+
+    Built once per sampling run for a batch of ``B`` rows with orders ``sigma``
+    ``(B, N)`` and prompt sizes ``num_visible`` ``(B,)``. Calls may pass any
+    subset of rows; each row's cache lives in slot ``rows[i]``. The logits equal
+    ``PlainDecoder``'s up to float rounding for every call pattern (tokens of any
+    rank may change between calls; the cache notices and recomputes).
+
+    Attributes:
+        length: ``(B,)`` number of lowest ranks whose keys/values are cached.
+        tokens: ``(B, N)`` the token (by rank) each cached entry was computed from.
+    """
+
+    def __init__(self, model, sigma: torch.Tensor, num_visible: torch.Tensor):
+        cfg = model.config
+        if cfg.attn_type != "bi" or cfg.bi_data:
+            raise NotImplementedError("the cached backend supports XLNet with attn_type='bi' and bi_data=False")
+        self.model = model
+        self.net = model.xlnet.transformer
+        self.sigma = sigma
+        self.m = torch.as_tensor(num_visible, device=sigma.device).long()
+        batch, self.N = sigma.shape
+        self.pos_of_rank = order_to_pos(sigma)  # (B, N): position decoded at each rank
+        self.length = torch.zeros(batch, dtype=torch.long, device=sigma.device)
+        self.tokens = torch.full((batch, self.N), -1, dtype=torch.long, device=sigma.device)
+        self.k_cache = self.v_cache = None  # (n_layer, B, H, N, D) each, allocated at the first call
+        self.rel_k = None  # (n_layer, H, 2N, D), projected at the first call
+
+    # ------------------------------------------------------------------ bookkeeping
+    def nbytes(self) -> int:
+        """Bytes held by the K/V cache and the relative-position tables."""
+        return sum(t.numel() * t.element_size() for t in (self.k_cache, self.v_cache, self.rel_k) if t is not None)
+
+    def _allocate(self, dtype):
+        """K/V storage and the per-layer relative tables, in the compute dtype (autocast's if on)."""
+        layers, cfg = self.net.layer, self.model.config
+        shape = (len(layers), self.sigma.shape[0], cfg.n_head, self.N, cfg.d_head)
+        # zeros, not empty: masked keys get probability 0, and 0 * garbage could be NaN
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.sigma.device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.sigma.device)
+        # HF's sinusoids for distances N, N-1, ..., -N+1 (clamp_len applied): row N - d is distance d
+        pos_emb = self.net.relative_positional_encoding(self.N, self.N)[:, 0].to(self.sigma.device)
+        self.rel_k = torch.stack([torch.einsum("pi,ihd->hpd", pos_emb.to(layer.rel_attn.r.dtype), layer.rel_attn.r)
+                                  for layer in layers]).to(dtype).contiguous()
+
+    def _valid_length(self, rows, x_rank, m):
+        """``(R,)`` how many lowest ranks of each row are still exactly cached, given its tokens now.
+
+        Cut at the first rank whose token changed; a change inside the prompt
+        invalidates the whole prompt block (it is bidirectional).
+        """
+        length = self.length[rows]
+        width = int(length.max())
+        if width == 0:
+            return length
+        rank = torch.arange(width, device=rows.device)
+        differs = (x_rank[:, :width] != self.tokens[rows, :width]) & (rank < length[:, None])
+        first = torch.where(differs.any(1), differs.long().argmax(1), length)
+        return torch.where(first < m, torch.zeros_like(first), first)
+
+    def _select(self, cache_layer, rows, width):
+        """``(R, H, width, D)`` cached entries of ``rows``: a view when rows are a contiguous range."""
+        r0, count = int(rows[0]), len(rows)
+        if int(rows[-1]) - r0 + 1 == count and bool((rows[1:] > rows[:-1]).all()):
+            return cache_layer[r0:r0 + count, :, :width]
+        return cache_layer[rows, :, :width]
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(self, rows, x, n_known, q_start, q_count, num_queries: int | None = None) -> torch.Tensor:
+        """Logits for a subset of rows (``PlainDecoder.__call__``'s contract).
+
+        Args:
+            rows: ``(R,)`` long, distinct indices into the decoder's batch.
+            x: ``(R, N)`` the rows' current token ids (unknown ranks hold anything).
+            n_known, q_start, q_count: ``(R,)`` long.
+            num_queries: ``K``, at least ``max(q_count)``.
+        Returns:
+            ``(R, K, V)`` float32 logits; query slots ``>= q_count`` are padding.
+        """
+        dev, N = x.device, self.N
+        rows, n_known, q_start, q_count = (torch.as_tensor(t, device=dev).long() for t in (rows, n_known, q_start, q_count))
+        R = len(rows)
+        K = int(q_count.max()) if num_queries is None else num_queries
+        if R == 0:
+            return torch.zeros(0, K, self.model.vocab_size, device=dev)
+        m, order = self.m[rows], self.pos_of_rank[rows]
+        x_rank = x.gather(1, order)  # (R, N) tokens in rank order
+
+        # ---- the new streams of this pass: U content slots, then K query slots
+        start = self._valid_length(rows, x_rank, m)
+        new = (n_known - start).clamp(min=0)
+        U = int(new.max())
+        t_u, t_k = torch.arange(U, device=dev), torch.arange(K, device=dev)
+        c_rank, c_valid = start[:, None] + t_u, t_u < new[:, None]
+        q_rank, q_valid = q_start[:, None] + t_k, t_k < q_count[:, None]
+        rank = torch.cat([c_rank, q_rank], 1).clamp(max=N - 1)  # (R, T)
+        valid = torch.cat([c_valid, q_valid], 1)
+
+        # ---- how many lowest ranks each stream sees (see the module docstring); all <= n_known
+        mm, nn_ = m[:, None], n_known[:, None]
+        c_limit = torch.maximum(mm, c_rank + 1)
+        q_limit = torch.where(q_rank >= nn_, nn_, torch.where(q_rank < mm, mm, q_rank))
+        limit = torch.where(valid, torch.cat([c_limit, q_limit], 1), torch.ones_like(rank))  # padding sees rank 0
+        L = int(n_known.max())
+        key_pos = order[:, :L]
+        allowed = torch.arange(L, device=dev) < limit[:, :, None]  # (R, T, L)
+        rel_idx = N - (order.gather(1, rank)[:, :, None] - key_pos[:, None, :])  # row of rel_k for pos_q - pos_k
+
+        # ---- embeddings: tokens for content streams, XLNet's mask_emb for query streams
+        c_tok = x_rank.gather(1, rank[:, :U])
+        h = self.net.word_embedding(c_tok)
+        g = self.net.mask_emb.expand(R, K, -1).to(h.dtype)
+        s = torch.cat([h, g], 1)  # (R, T, d_model)
+
+        if self.k_cache is None:
+            self._allocate(self._compute_dtype(dev))
+        w_row, w_slot = rows[:, None].expand(R, U)[c_valid], c_rank[c_valid]  # where new keys/values go
+        for layer, kc, vc, rel_k in zip(self.net.layer, self.k_cache, self.v_cache, self.rel_k):
+            att = layer.rel_attn
+            if U:
+                hc = s[:, :U][c_valid]  # (P, d_model) real new content streams
+                kc[w_row, :, w_slot] = (hc @ att.k.flatten(1)).unflatten(-1, att.k.shape[1:]).to(kc.dtype)
+                vc[w_row, :, w_slot] = (hc @ att.v.flatten(1)).unflatten(-1, att.v.shape[1:]).to(vc.dtype)
+            q = (s @ att.q.flatten(1)).unflatten(-1, att.q.shape[1:])  # (R, T, H, D)
+            out = attend(q, self._select(kc, rows, L), self._select(vc, rows, L), rel_k, rel_idx, allowed,
+                         att.r_w_bias, att.r_r_bias, att.scale)
+            # HF's post_attention, as a matmul on a view of `o` (its einsum copies the weight every call)
+            s = att.layer_norm(s + out.flatten(2) @ att.o.flatten(1).t())
+            s = layer.ff(s)  # same weights for both streams
+
+        # ---- bookkeeping: the new content entries are cached now
+        self.tokens[w_row, w_slot] = c_tok[c_valid]
+        self.length[rows] = torch.maximum(start, n_known)
+        return self.model.xlnet.lm_loss(s[:, U:]).float()
+
+    def _compute_dtype(self, device):
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.model.dtype

@@ -1,0 +1,244 @@
+"""The cached decoding backend (asarm/cache.py) against the plain one.
+
+Contract under test: for every call the samplers make (and any other call
+pattern, including rewrites of tokens the cache was computed from),
+``CachedDecoder`` returns the same logits as ``PlainDecoder`` within 1e-5 in
+float32. Since the samplers consume the same uniforms whatever the backend,
+equal logits mean equal samples, which is tested too.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import asarm
+from asarm import ASARM, orders
+from asarm.cache import CachedDecoder, attend, cache_bytes_per_token_per_layer
+from asarm.model import PlainDecoder
+
+ATOL = 1e-5
+VOCAB = 64
+MASK = 6
+
+
+def make_model(seed=0, **overrides):
+    """A tiny random model; a larger init scale gives peaked, context-dependent logits."""
+    cfg = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=2, d_inner=64, initializer_range=0.1, seed=seed)
+    cfg.update(overrides)
+    return ASARM.from_config(**cfg)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+def make_batch(batch, length, prompt_sizes, kind, seed):
+    """``(x, sigma, m)``: random prompt tokens, masked elsewhere; sorted or fully random orders."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.as_tensor(prompt_sizes).long().expand(batch).clone()
+    if kind == "sorted":
+        sigma = orders.random_sorted_order(batch, length, m, generator=g)
+    else:
+        sigma = orders.random_order(batch, length, generator=g)
+    x = torch.randint(10, VOCAB, (batch, length), generator=g)
+    x = torch.where(sigma < m[:, None], x, torch.full_like(x, MASK))
+    return x, sigma, m
+
+
+class TwinDecoder:
+    """Calls the plain and the cached decoder on the same input; returns plain's logits, records the gap."""
+
+    def __init__(self, model, sigma, m):
+        self.plain, self.cached = PlainDecoder(model, sigma, m), CachedDecoder(model, sigma, m)
+        self.calls, self.worst = 0, 0.0
+
+    def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None):
+        a = self.plain(rows, x, n_known, q_start, q_count, num_queries)
+        b = self.cached(rows, x, n_known, q_start, q_count, num_queries)
+        assert a.shape == b.shape
+        real = torch.arange(a.shape[1])[None, :] < q_count[:, None]  # padding slots are not part of the contract
+        self.worst = max(self.worst, (a - b).abs()[real].max().item())
+        self.calls += 1
+        return a
+
+
+def twin_sample(model, monkeypatch, x, sigma, m, **kwargs):
+    twins = []
+
+    def decoder(sigma_, m_, backend="plain"):
+        twins.append(TwinDecoder(model, sigma_, m_))
+        return twins[-1]
+
+    monkeypatch.setattr(model, "decoder", decoder)
+    out = asarm.sample(model, x, sigma, m, generator=torch.Generator().manual_seed(0), **kwargs)
+    return out, twins[0]
+
+
+# ---------------------------------------------------------------------------- parity over full decodes
+DECODES = {
+    "sequential_sorted": ("sorted", dict(method="sequential")),
+    "sequential_random": ("random", dict(method="sequential")),
+    "assd_sorted": ("sorted", dict(method="assd", k=4)),
+    "assd_random_bonus": ("random", dict(method="assd", k=3, bonus=True)),
+    "assd_draft_only_T": ("random", dict(method="assd", k=5, temperature=0.5, temperature_mode="draft")),
+    "ngram_sorted": ("sorted", dict(method="ngram", k=4)),
+}
+
+
+@pytest.mark.parametrize("case", list(DECODES))
+def test_every_call_of_a_decode_matches_plain(model, monkeypatch, case):
+    kind, kwargs = DECODES[case]
+    # a batch mixing prompt sizes (rows finish at different times, calls pass row subsets)
+    x, sigma, m = make_batch(5, 24, [1, 3, 8, 12, 20], kind, seed=len(case))
+    out, twin = twin_sample(model, monkeypatch, x, sigma, m, **kwargs)
+    assert twin.calls == int(out.nfe.max())  # one decoder call per round; the longest row is in every round
+    assert twin.worst < ATOL, f"{case}: max |cached - plain| = {twin.worst:.2e}"
+    assert ((out.sequences == x) | (sigma >= m[:, None])).all()
+
+
+def test_parity_with_clamped_relative_positions(monkeypatch):
+    model = make_model(seed=1, clamp_len=5)  # distances beyond 5 share one embedding
+    x, sigma, m = make_batch(3, 20, [2, 4, 9], "random", seed=3)
+    _, twin = twin_sample(model, monkeypatch, x, sigma, m, method="assd", k=3)
+    assert twin.worst < ATOL
+
+
+def test_random_call_sequences_with_rewrites(model):
+    """Calls in arbitrary order on row subsets; tokens anywhere (even the prompt) change between calls."""
+    g = torch.Generator().manual_seed(7)
+    B, N = 6, 16
+    x, sigma, m = make_batch(B, N, [1, 2, 4, 6, 9, 15], "random", seed=11)
+    plain, cached = PlainDecoder(model, sigma, m), CachedDecoder(model, sigma, m)
+    pos = orders.order_to_pos(sigma)
+    worst = 0.0
+    for step in range(60):
+        rows = torch.randperm(B, generator=g)[: int(torch.randint(1, B + 1, (1,), generator=g))].sort().values
+        mm = m[rows]
+        n_known = mm + (torch.rand(len(rows), generator=g) * (N - mm + 1)).long().clamp(max=N - mm)
+        q_start = (torch.rand(len(rows), generator=g) * n_known).long().clamp(min=0)
+        q_start = torch.where(torch.rand(len(rows), generator=g) < 0.6, n_known.clamp(max=N - 1), q_start)
+        q_count = torch.minimum(torch.randint(0, 5, (len(rows),), generator=g), N - q_start)
+        num_queries = int(q_count.max()) + int(torch.randint(0, 3, (1,), generator=g))
+        if num_queries == 0:
+            continue
+        # rewrite random tokens: mostly unverified ranks (>= q_start), sometimes any rank
+        for i, r in enumerate(rows.tolist()):
+            if torch.rand(1, generator=g) < 0.7:
+                lo = int(q_start[i]) if torch.rand(1, generator=g) < 0.8 else 0
+                rank = int(torch.randint(lo, N, (1,), generator=g))
+                x[r, pos[r, rank]] = int(torch.randint(10, VOCAB, (1,), generator=g))
+        a = plain(rows, x[rows], n_known, q_start, q_count, num_queries)
+        b = cached(rows, x[rows], n_known, q_start, q_count, num_queries)
+        real = torch.arange(num_queries)[None, :] < q_count[:, None]
+        if real.any():
+            worst = max(worst, (a - b).abs()[real].max().item())
+    assert worst < ATOL, f"max |cached - plain| = {worst:.2e}"
+
+
+def test_cache_reuse_is_what_the_issue_asks(model):
+    """Prompt = one pass; draft = queries only; oracle = drafts' content + queries; sequential = 1 + 1."""
+    x, sigma, m = make_batch(1, 20, [5], "sorted", seed=0)
+    dec = CachedDecoder(model, sigma, m)
+    one, rows = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    dec(rows, x, m, m, 4 * one)  # first draft call: the prompt block and 4 queries
+    assert int(dec.length[0]) == 5
+    pos = orders.order_to_pos(sigma)[0]
+    x[0, pos[5:9]] = torch.tensor([11, 12, 13, 14])  # drafts written
+    dec(rows, x, m + 4, m, 4 * one)  # oracle: 4 new content streams
+    assert int(dec.length[0]) == 9
+    x[0, pos[7]] = 20  # rejected at rank 7: residual written, ranks 8.. are stale drafts
+    assert int(dec._valid_length(rows, x.gather(1, pos[None]), m)[0]) == 7  # cut at the rewrite
+    dec(rows, x, 8 * one, 8 * one, 4 * one)
+    assert int(dec.length[0]) == 8
+
+
+# ---------------------------------------------------------------------------- same samples
+@pytest.mark.parametrize("method,kwargs", [("sequential", {}), ("assd", dict(k=4)), ("assd", dict(k=3, bonus=True)),
+                                           ("ngram", dict(k=3))])
+@pytest.mark.parametrize("kind", ["sorted", "random"])
+def test_same_generator_gives_same_samples(model, method, kwargs, kind):
+    x, sigma, m = make_batch(6, 20, [1, 2, 3, 5, 8, 13], kind, seed=4)
+    outs = [asarm.sample(model, x, sigma, m, method=method, generator=torch.Generator().manual_seed(1),
+                         backend=backend, **kwargs) for backend in ("plain", "cached")]
+    for field in ("sequences", "nfe", "drafted", "accepted"):
+        assert torch.equal(getattr(outs[0], field), getattr(outs[1], field)), field
+
+
+def test_same_samples_on_the_tokenizer_model(tiny_model, local_tokenizer):
+    ids = local_tokenizer("def main():\n    return 0\n", return_tensors="pt")["input_ids"][:, :16]
+    n = ids.shape[1]
+    sigma = orders.random_sorted_order(2, n, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.where(sigma < 4, ids.expand(2, -1), torch.full_like(sigma, tiny_model.mask_token_id))
+    m = torch.full((2,), 4)
+    a, b = (asarm.sample(tiny_model, x, sigma, m, method="assd", k=5, generator=torch.Generator().manual_seed(2),
+                         backend=backend) for backend in ("plain", "cached"))
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.nfe, b.nfe)
+
+
+# ---------------------------------------------------------------------------- memory on a long sequence
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_long_sequence_without_quadratic_tensors():
+    N, H, d, layers, k = 2048, 2, 32, 2, 5
+    model = make_model(seed=5, n_head=H, d_model=d, n_layer=layers, initializer_range=0.02)
+    x, sigma, m = make_batch(1, N, [N // 20], "sorted", seed=9)  # ~5% visible, as in the paper
+    dec = CachedDecoder(model, sigma, m)
+    model.decoder = lambda *a, **kw: dec  # instance attribute: this model only
+    row = torch.zeros(1, dtype=torch.long)
+    with LargestTensor() as prompt_pass:  # the prompt pass (the sampler's first call would do the same)
+        dec(row, x, m, m, torch.full((1,), k))
+    with LargestTensor() as decoding:  # every later call reuses the cache
+        out = asarm.sample(model, x, sigma, m, method="assd", k=k, generator=torch.Generator().manual_seed(0))
+    assert (out.sequences != MASK).all()
+    # the cache: K and V, 2 * d_model floats per token per layer, for all N tokens, plus a 2N x d table per layer
+    assert cache_bytes_per_token_per_layer(model.config) == 2 * d * 4
+    assert dec.nbytes() == layers * N * cache_bytes_per_token_per_layer(model.config) + layers * 2 * N * d * 4
+    # the prompt pass: position scores of (m + k) streams against 2N distances; decoding: O(N x d) tensors only
+    assert prompt_pass.largest <= H * (int(m) + k) * 2 * N
+    assert decoding.largest <= 4 * N * d
+    # ...while a single plain call builds H x N x N attention scores
+    with LargestTensor() as plain_call:
+        PlainDecoder(model, sigma, m)(row, x, m, m, torch.full((1,), k))
+    assert plain_call.largest >= H * N * N >= 16 * decoding.largest
+
+
+# ---------------------------------------------------------------------------- precision and compile
+def test_half_precision_and_autocast_stay_finite_and_close(model):
+    x, sigma, m = make_batch(3, 24, [2, 5, 11], "random", seed=6)
+    rows, q = torch.arange(3), torch.full((3,), 4)
+    ref = CachedDecoder(model, sigma, m)(rows, x, m, m, q)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dec = CachedDecoder(model, sigma, m)
+        low = dec(rows, x, m, m, q)
+    assert dec.k_cache.dtype == torch.bfloat16  # the cache stores what autocast computes
+    half = make_model().to(torch.float16)  # masking constant must be finite in fp16
+    low16 = CachedDecoder(half, sigma, m)(rows, x, m, m, q)
+    for out in (low, low16):
+        assert torch.isfinite(out).all()
+        assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+
+
+def test_attention_core_compiles_without_graph_breaks():
+    g = torch.Generator().manual_seed(0)
+    R, T, H, L, D, P = 2, 3, 2, 7, 4, 20
+    args = (torch.randn(R, T, H, D, generator=g), torch.randn(R, H, L, D, generator=g),
+            torch.randn(R, H, L, D, generator=g), torch.randn(H, P, D, generator=g),
+            torch.randint(0, P, (R, T, L), generator=g), torch.rand(R, T, L, generator=g) < 0.7,
+            torch.randn(H, D, generator=g), torch.randn(H, D, generator=g), 0.5)
+    args[5][..., 0] = True
+    compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), attend(*args))
