@@ -1,0 +1,287 @@
+"""Every evaluation command end to end on tiny models and small subsets of the real files;
+resume, shard + merge, clear errors, and the launchers under bash."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asarm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--device", "cpu", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, local_tokenizer):
+    path = tmp_path_factory.mktemp("models") / "tiny-asarm"
+    tiny_model.save_pretrained(path, tokenizer=local_tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory, local_tokenizer):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    judge = GPT2LMHeadModel(GPT2Config(vocab_size=len(local_tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    path = tmp_path_factory.mktemp("models") / "tiny-judge"
+    judge.save_pretrained(path)
+    local_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def wiki_subset(shared_data, tmp_path_factory):
+    """The first 30 lines of the real WikiText-2 test file (a temp copy, outside the repo)."""
+    lines = (shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8").splitlines()[:30]
+    path = tmp_path_factory.mktemp("data") / "wiki.small.raw"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _results(out):
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+def _samples(out):
+    rows = {}
+    for f in sorted(Path(out).glob("samples.*.jsonl")):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["uid"]] = [{k: v for k, v in r.items() if k != "time_s"} for r in row["records"]]
+    return rows
+
+
+def _spec_args(model, data, out, *extra):
+    return ["speculative", "--model", str(model), "--data", str(data), "--seq-len", "24", "--trials", "4",
+            "--output-dir", str(out), *FAST, *extra]
+
+
+def _without_time(results):
+    return {m: {k: v for k, v in r.items() if not k.startswith("time")} for m, r in results["methods"].items()}
+
+
+# ---------------------------------------------------------------------------- speculative
+def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp_path):
+    out = tmp_path / "spec"
+    assert main(_spec_args(tiny_model_dir, wiki_subset, out, "--judge", str(tiny_judge_dir))) == 0
+    res = _results(out)
+    assert res["config"]["k"] == 5 and res["config"]["trials"] == 4  # the config travels with the results
+    methods = res["results"]["methods"]
+    assert list(methods) == ["sequential", "assd", "ngram"]
+    for row in methods.values():
+        assert row["n"] == 4 and row["ppl_mean"] > 1 and row["entropy_mean"] > 0 and row["model_nll_mean"] > 0
+    m = round(0.05 * 24)
+    assert methods["sequential"]["nfe_mean"] == 24 - m and methods["assd"]["nfe_mean"] <= 24 - m
+    assert set(res["results"]["paired_tests"]) == {"sequential vs assd", "sequential vs ngram"}
+    assert (out / "distributions.png").stat().st_size > 1000
+    assert "gen. PPL" in (out / "results.md").read_text()
+    rec = next(iter(_samples(out).values()))[0]
+    assert {"nfe", "prompt", "text", "ppl", "entropy", "model_nll"} <= set(rec)
+
+
+def test_speculative_without_judge_still_runs(tiny_model_dir, wiki_subset, tmp_path):
+    out = tmp_path / "nojudge"
+    assert main(_spec_args(tiny_model_dir, wiki_subset, out, "--judge", "gpt2-large", "--trials", "1")) == 0
+    row = _results(out)["results"]["methods"]["assd"]
+    assert row["ppl_mean"] != row["ppl_mean"] and "gpt2-large" in row["ppl_note"]  # NaN, with the reason
+    assert "n/a (judge 'gpt2-large' not loaded" in (out / "results.md").read_text()
+
+
+def test_resume_and_shards_give_the_same_numbers(tiny_model_dir, wiki_subset, tmp_path, monkeypatch):
+    from asarm.evaluation import speculative
+
+    args = ["--judge", "none", "--methods", "sequential", "assd"]
+    one = tmp_path / "one"
+    assert main(_spec_args(tiny_model_dir, wiki_subset, one, *args)) == 0
+
+    # interrupted after two trials, then resumed
+    calls, real = {"n": 0}, speculative.run_trial
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(speculative, "run_trial", flaky)
+    assert main(_spec_args(tiny_model_dir, wiki_subset, resumed, *args)) == 130
+    assert not (resumed / "results.json").exists() and len(_samples(resumed)) == 2
+    with open(next(resumed.glob("samples.*.jsonl")), "a") as f:
+        f.write('{"uid": "trial-00002", "reco')  # a write cut by the kill
+    monkeypatch.setattr(speculative, "run_trial", real)
+    assert main(_spec_args(tiny_model_dir, wiki_subset, resumed, *args)) == 0
+    assert calls["n"] == 3  # the resumed run did not redo the finished trials
+
+    # two shards into one directory, then the merge command
+    sharded = tmp_path / "sharded"
+    assert main(_spec_args(tiny_model_dir, wiki_subset, sharded, *args, "--shard", "1", "--num-shards", "2")) == 0
+    assert not (sharded / "results.json").exists()
+    assert main(_spec_args(tiny_model_dir, wiki_subset, sharded, *args, "--shard", "0", "--num-shards", "2")) == 0
+    (sharded / "results.json").unlink()
+    assert main(["eval-merge", str(sharded)]) == 0
+
+    for other in (resumed, sharded):
+        assert _samples(other) == _samples(one)
+        assert _without_time(_results(other)["results"]) == _without_time(_results(one)["results"])
+
+
+# ---------------------------------------------------------------------------- infill-nlp
+def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
+    from asarm.evaluation.metrics import rouge_f1
+
+    out = tmp_path / "nlp"
+    data = shared_data / "rocstories" / "cloze_test_val__spring2016.csv"
+    assert main(["infill-nlp", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "4", "--trials", "2",
+                 "--method", "sequential", "--output-dir", str(out), *FAST]) == 0
+    res = _results(out)["results"]
+    assert set(res) == {"middle", "long"} and res["middle"]["n"] == 4
+    records = [r for rs in _samples(out).values() for r in rs]
+    for r in records:
+        assert rouge_f1(r["generated"], r["reference"]) == {k: r[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_mean")}
+        assert r["nfe"] == r["num_masked"]  # sequential: one call per masked token
+    mid = [r for r in records if r["setting"] == "middle"][0]
+    assert mid["reference"].startswith("It wasn't long") and mid["suffix"].endswith("He is happy now.")
+
+
+# ---------------------------------------------------------------------------- infill-code
+def test_infill_code_end_to_end(tiny_model_dir, shared_data, tmp_path):
+    out = tmp_path / "code"
+    data = shared_data / "human-eval-infilling" / "HumanEval-SingleLineInfilling.jsonl.gz"
+    assert main(["infill-code", "--model", str(tiny_model_dir), "--data", str(data), "--tasks", "HumanEval/0/",
+                 "--limit", "2", "--num-samples", "2", "--method", "assd", "--output-dir", str(out), *FAST]) == 0
+    res = _results(out)["results"]
+    assert res["num_tasks"] == 2 and res["samples_per_task"] == 2 and "pass@2" in res
+    assert res["pass@1"] == 0.0  # a random tiny model does not write working code
+    assert "builtin" in res["harness"]
+    records = [r for rs in _samples(out).values() for r in rs]
+    assert all(r["num_masked"] > 0 and 0 < r["nfe"] <= r["num_masked"] for r in records)
+
+
+def test_infill_code_canonical_self_check(shared_data, tmp_path):
+    out = tmp_path / "canon"
+    data = shared_data / "human-eval-infilling" / "HumanEval-RandomSpanInfillingLight.jsonl.gz"
+    assert main(["infill-code", "--method", "canonical", "--data", str(data), "--limit", "12",
+                 "--output-dir", str(out), "--no-progress"]) == 0
+    assert _results(out)["results"]["pass@1"] == 100.0
+
+
+def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
+    from asarm.data import decode_text, make_encoder
+    from asarm.evaluation.infill_code import build_inputs, completion_text
+
+    problem = {"task_id": "t", "prompt": "def f(x):\n\tif x:\n", "canonical_solution": "        return  x\n",
+               "suffix": "    return 0\n"}
+    enc = make_encoder(local_tokenizer, True)
+    inputs = build_inputs(problem, enc, 512, local_tokenizer.mask_token_id)
+    middle = enc(problem["canonical_solution"])
+    assert inputs["num_masked"] == len(middle)
+    decode = lambda t: decode_text(t, local_tokenizer, True)  # noqa: E731
+    assert completion_text(inputs["prefix"], middle, decode) == problem["canonical_solution"]
+
+
+# ---------------------------------------------------------------------------- density
+def test_density_lambada_and_hellaswag(tiny_model_dir, shared_data, tmp_path):
+    out = tmp_path / "lambada"
+    assert main(["density", "--task", "lambada", "--model", str(tiny_model_dir), "--limit", "3", "--output-dir", str(out),
+                 "--data", str(shared_data / "lambada" / "lambada_test_plain_text.txt"), *FAST]) == 0
+    res = _results(out)["results"]
+    assert res["n"] == 3 and 0 <= res["accuracy"] <= 100 and res["target_logp_mean"] < 0
+
+    rows = [{"ind": i, "activity_label": "Baking", "ctx_a": "A woman puts flour in a bowl.", "ctx_b": "she",
+             "endings": ["mixes it with eggs.", "drives a car [title] away.", "sings.", "sleeps on the floor."],
+             "label": i % 4} for i in range(3)]
+    hs = tmp_path / "hellaswag.jsonl"
+    hs.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "hellaswag"
+    assert main(["density", "--task", "hellaswag", "--model", str(tiny_model_dir), "--data", str(hs),
+                 "--output-dir", str(out), *FAST]) == 0
+    recs = [r for rs in _samples(out).values() for r in rs]
+    assert len(recs) == 3 and all(len(r["scores"]) == 4 and max(r["scores"]) < 0 for r in recs)
+    assert recs[0]["scores"] == recs[1]["scores"]  # same text, same scores (deterministic)
+
+
+def test_hellaswag_scores_are_joint_log_probs(tiny_model, local_tokenizer):
+    import torch
+
+    from asarm.evaluation.density import joint_logp, masked_block_scores
+
+    ctx = local_tokenizer("def f(x):", add_special_tokens=False)["input_ids"]
+    tgt = local_tokenizer(" return x", add_special_tokens=False)["input_ids"]
+    lp, _ = masked_block_scores(tiny_model, ctx, tgt)
+    assert joint_logp(tiny_model, ctx, tgt) == pytest.approx(lp, abs=1e-4)
+    assert lp < 0 and torch.isfinite(torch.tensor(lp))
+
+
+# ---------------------------------------------------------------------------- clear errors
+def _error(capsys, argv):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_clear_errors(tiny_model_dir, wiki_subset, shared_data, tmp_path, capsys):
+    model = ["--model", str(tiny_model_dir), *FAST]
+    err = _error(capsys, ["speculative", *model, "--data", str(tmp_path / "nope.raw"), "--output-dir", str(tmp_path / "a")])
+    assert "not found" in err and "eval_datasets/README.md" in err
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "x"}\nnot json\n')
+    assert "line 2: not valid JSON" in _error(capsys, ["infill-code", *model, "--data", str(bad), "--output-dir", str(tmp_path / "b")])
+    bad.write_text('{"task_id": "x"}\n')
+    assert "missing field" in _error(capsys, ["infill-code", *model, "--data", str(bad), "--output-dir", str(tmp_path / "b")])
+
+    csv = tmp_path / "bad.csv"
+    csv.write_text("InputStoryid,InputSentence1\nabc,Hello.\n")
+    assert "missing field" in _error(capsys, ["infill-nlp", *model, "--data", str(csv), "--output-dir", str(tmp_path / "c")])
+
+    code = shared_data / "human-eval-infilling" / "HumanEval-MultiLineInfilling.jsonl.gz"
+    err = _error(capsys, ["infill-code", *model, "--data", str(code), "--limit", "1", "--max-length", "8",
+                          "--output-dir", str(tmp_path / "d")])
+    assert "the model allows 8" in err
+    err = _error(capsys, ["infill-code", *model, "--data", str(code), "--tasks", "NoSuchTask/",
+                          "--output-dir", str(tmp_path / "e")])
+    assert "no tasks selected" in err
+
+    bert = tmp_path / "bert"
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(bert)
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", str(bert), "--trials", "1",
+                          "--seq-len", "16", "--output-dir", str(tmp_path / "f")])
+    assert "causal" in err and not (tmp_path / "f" / "config.json").exists()  # refused before generating
+
+    out = tmp_path / "g"
+    assert main(["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "1", "--seq-len", "16",
+                 "--methods", "sequential", "--output-dir", str(out)]) == 0
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "1",
+                          "--seq-len", "16", "--methods", "sequential", "--k", "3", "--output-dir", str(out)])
+    assert "different run (settings differ: k)" in err
+
+
+# ---------------------------------------------------------------------------- launchers
+def _launch(script, env_extra, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "EXTRA_ARGS": "--threads 1 --no-progress", "DEVICE": "cpu",
+           **env_extra}
+    proc = subprocess.run(["bash", str(ROOT / script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((Path(env_extra["OUT"]) / "results.json").read_text())
+
+
+def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path):
+    res = _launch("_run_speculative_decoding.sh", {"MODEL": str(tiny_model_dir), "DATA": str(wiki_subset),
+                  "SEQ_LEN": "16", "TRIALS": "2", "JUDGE": "none", "NUM_SHARDS": "2", "OUT": str(tmp_path / "s")}, tmp_path)
+    assert res["num_units"] == 2 and res["results"]["methods"]["sequential"]["n"] == 2
+    res = _launch("_run_nlp_infill_eval.sh", {"MODEL": str(tiny_model_dir), "DATA": str(
+        shared_data / "rocstories" / "cloze_test_val__spring2016.csv"), "TRIALS": "1", "EXTRA_ARGS":
+        "--threads 1 --no-progress --limit 2", "OUT": str(tmp_path / "n")}, tmp_path)
+    assert set(res["results"]) == {"middle", "long"}
+    res = _launch("_run_code_infill_eval.sh", {"METHOD": "canonical", "DATA_DIR": str(shared_data / "human-eval-infilling"),
+                  "BENCHMARK": "random-span-light", "EXTRA_ARGS": "--limit 3 --no-progress", "OUT": str(tmp_path / "c")},
+                  tmp_path)
+    assert res["results"]["pass@1"] == 100.0
