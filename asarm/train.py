@@ -144,6 +144,11 @@ class TrainConfig:
 def _coerce(f: dataclasses.Field, value):
     """Turn ``value`` (from YAML or the command line) into the field's type."""
     kind = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            value = kind(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and kind is not str:
         value = yaml.safe_load(value)
     if kind is bool and isinstance(value, bool) or kind is list and isinstance(value, list) \

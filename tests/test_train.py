@@ -1,0 +1,193 @@
+"""The trainer: tiny runs, 2-process equivalence, bitwise resume after SIGKILL, SIGTERM, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from asarm.train import TrainConfig, check_config, freeze_unused, latest_checkpoint, save_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="stdlib", eval_docs=10, seq_len=32, init="fresh", tokenizer="local", local_vocab_size=600,
+            model_config=dict(d_model=32, n_layer=2, n_head=2, d_inner=64), rate_warmup_steps=4, batch_size=4,
+            grad_accum=2, lr=1e-3, scale_lr=False, warmup_steps=2, max_steps=6, cpu=True, save_steps=3,
+            log_steps=1, eval_steps=0, eval_rates=[0.5], eval_batches=1, sample_rows=1, sample_rate=0.5, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train ~10x faster on one thread than on two when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(tmp_path, name="run", **kw) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, "output_dir": str(tmp_path / name), **kw})
+
+
+def _losses(run_dir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def _cli(tmp_path, args, nproc=1, **kw):
+    """Run ``asarm train`` in a fresh process (``torchrun`` when ``nproc > 1``); returns the CompletedProcess."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*launcher, "-m", "asarm", "train", "--config", str(config), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One process, 2 micro-batches per step, 6 steps: the run the others must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    out = _cli(tmp, ["--output_dir", str(tmp / "run")])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "run"
+
+
+def test_tiny_config_trains_loss_falls_and_the_model_samples(tmp_path):
+    from transformers import XLNetLMHeadModel
+
+    from asarm import ASARM, sample
+    from asarm.orders import random_sorted_order
+
+    run = train(_cfg(tmp_path, max_steps=40, lr=3e-3, eval_steps=20, save_steps=10, keep_last=2, log_steps=1))
+    losses = list(_losses(run).values())
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [20, 40] and all(r["assd_nfe"] >= 1 for r in evals)
+    assert {"loss", "lr", "rate_min", "rate_max", "tokens_per_s", "elapsed_s"} <= set(rows[0])
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000030", "step_00000040"]
+    assert (run / "config.yaml").is_file() and (run / "samples.jsonl").is_file()
+    # the saved model: plain XLNet and ASARM both load it, and it samples with ASSD
+    XLNetLMHeadModel.from_pretrained(run / "model")
+    model = ASARM.from_pretrained(str(run / "model"))
+    x = torch.randint(20, 500, (2, 32))
+    sigma = random_sorted_order(2, 32, 8, generator=torch.Generator().manual_seed(0))
+    out = sample(model, x, sigma, torch.tensor([8, 8]), method="assd", k=4, generator=torch.Generator().manual_seed(0))
+    assert out.sequences.shape == (2, 32) and (out.nfe <= 24).all()
+    assert not torch.isin(out.sequences[sigma >= 8], model.banned.nonzero().flatten()).any()
+
+
+def test_two_processes_stay_identical_and_match_one_process(tmp_path, reference_run):
+    out = _cli(tmp_path, ["--output_dir", str(tmp_path / "ddp"), "--grad_accum", "1"], nproc=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    status = json.loads((tmp_path / "ddp" / "status.json").read_text())
+    assert status["world_size"] == 2 and status["ranks_identical"]
+    ddp, ref = _losses(tmp_path / "ddp"), _losses(reference_run)
+    assert ddp.keys() == ref.keys()
+    for step in ref:
+        assert ddp[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6)
+
+
+def test_sigkill_then_resume_repeats_every_later_loss_bitwise(tmp_path, reference_run):
+    run = tmp_path / "killed"
+    out = _cli(tmp_path, ["--output_dir", str(run), "--debug_signal", "KILL@5"])
+    assert out.returncode == -signal.SIGKILL
+    resumed_from = int(latest_checkpoint(run).name.split("_")[1])
+    assert resumed_from == 3
+    out = _cli(tmp_path, ["--output_dir", str(run), "--resume", "auto"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    got, ref = _losses(run), _losses(reference_run)
+    assert got.keys() == ref.keys()
+    for step in range(resumed_from + 1, 7):
+        assert got[step] == ref[step], step  # bitwise: same floats
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+    run = train(_cfg(tmp_path, save_steps=100, debug_signal="TERM@2"))
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] == 3
+    assert latest_checkpoint(run).name == "step_00000003"
+    train(_cfg(tmp_path, resume="true"))
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert sorted(_losses(run)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, local_tokenizer, monkeypatch):
+    state = {"step": 1, "elapsed": 0.0, "tokens": 0, "config": {}}
+    first = save_checkpoint(tmp_path, 1, tiny_model, local_tokenizer, state, keep_last=3)
+
+    def crash(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path, 2, tiny_model, local_tokenizer, {**state, "step": 2}, keep_last=3)
+    assert latest_checkpoint(tmp_path) == first
+    assert not (tmp_path / "checkpoints" / "step_00000002").exists()
+
+
+def test_every_trainable_parameter_gets_a_gradient(tiny_model):
+    """What lets DDP run with find_unused_parameters=False without hanging."""
+    from asarm import objective as obj
+
+    model = type(tiny_model)(type(tiny_model.xlnet)(tiny_model.config))
+    frozen = freeze_unused(model)
+    assert frozen and all("seg_embed" in n or "r_s_bias" in n for n in frozen)
+    model.train()
+    b = obj.make_batch(torch.randint(20, 500, (2, 16)), 0.5, model.mask_token_id, generator=torch.Generator().manual_seed(0))
+    obj.target_loss(model(b.input_ids, b.perm_mask, b.target_mapping), b.labels).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dataset="no_such_corpus"), "unknown dataset"),
+    (dict(dataset="/nonexistent/data/*.jsonl"), "no file matches"),
+    (dict(seq_len=64, model_max_len=48), "over the model's limit"),
+    (dict(start_rate=0.0), "strictly between 0 and 1"),
+    (dict(max_rate=1.0), "strictly between 0 and 1"),
+    (dict(min_rate=0.9, max_rate=0.8), "above max_rate"),
+    (dict(batch_size=0), "batch_size must be at least 1"),
+    (dict(objective="diffusion"), "objective must be one of"),
+    (dict(resume="true"), "no checkpoint"),
+])
+def test_bad_input_fails_before_training(tmp_path, change, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train(_cfg(tmp_path, **change))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_output_dir_holding_another_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(ValueError, match="holds another run"):
+        train(_cfg(tmp_path))
+
+
+def test_config_file_overrides_and_cli_help(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"batch_size": 2, "eval_rates": [0.5], "resume": True}))
+    cfg = TrainConfig.load(str(path), {"batch_size": "3", "eval_rates": "[0.2, 0.4]", "lr": "2e-4"})
+    assert (cfg.batch_size, cfg.eval_rates, cfg.lr, cfg.resume) == (3, [0.2, 0.4], 2e-4, "true")
+    check_config(cfg)
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.load(str(path), {"batchsize": 3})
+    with pytest.raises(ValueError, match="expects int"):
+        TrainConfig.load(None, {"batch_size": "many"})
+    from asarm.cli import build_parser
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name}" in help_text
+    out = subprocess.run([sys.executable, "-m", "asarm", "train", "--dataset", "nope", "--output_dir", str(tmp_path / "x")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown dataset" in out.stderr
