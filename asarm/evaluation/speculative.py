@@ -264,6 +264,8 @@ def format_table(per_method: dict, tests: dict, config: dict) -> str:
         t_rows = []
         for pair, by_metric in tests.items():
             for key, t in by_metric.items():
+                if not t["n"]:
+                    continue  # e.g. perplexity without a judge
                 t_rows.append([pair, METRIC_NAMES[key], t["n"], _p(t["mean_diff"]), _p(t["ttest_p"]),
                                _p(t["wilcoxon_p"]), _p(t["mannwhitney_p"])])
         out += ["", "Paired tests (p-values; mean diff = first - second):", "",
