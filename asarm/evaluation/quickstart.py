@@ -1,6 +1,6 @@
 """The offline quickstart: train a tiny AS-ARM on the Python standard library, then compare samplers.
 
-    asarm quickstart                     # ~5 minutes on 2 CPU cores, no network, no GPU
+    asarm quickstart                     # a few minutes on 2 CPU cores, no network, no GPU
 
 1. Trains with the project's trainer (``asarm.train.train``) from
    ``configs/tiny_cpu.yaml`` (a fresh 2-layer XLNet and a byte-level BPE
@@ -93,7 +93,7 @@ def register(sub) -> None:
                                    "n-gram draft) on held-out files and print the table.")
     p.add_argument("--output-dir", default="outputs/quickstart", help="(default: %(default)s)")
     p.add_argument("--train-config", default=str(REPO_CONFIG), help="trainer YAML (default: configs/tiny_cpu.yaml)")
-    p.add_argument("--train-steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=600, help="optimizer steps (default: %(default)s)")
     p.add_argument("--trials", type=int, default=30, help="speculative-decoding trials (default: %(default)s)")
     p.add_argument("--visible-frac", type=float, default=0.05, help="(default: %(default)s)")
     p.add_argument("--k", type=int, default=5, help="ASSD draft length (default: %(default)s)")

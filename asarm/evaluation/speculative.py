@@ -18,6 +18,7 @@ tokens (the AS-ARM's tokens when no judge is loaded), averaged.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -257,7 +258,9 @@ def format_table(per_method: dict, tests: dict, config: dict) -> str:
         acc = f"{r['acceptance_rate']:.3f}" if r["acceptance_rate"] is not None else "-"
         rows.append([lab, r["n"], pm(r["nfe_mean"], r["nfe_se"], 1), pm(r["time_s_mean"], r["time_s_se"], 3), ppl,
                      pm(r["entropy_mean"], r["entropy_se"], 3), pm(r["model_nll_mean"], r["model_nll_se"], 3), acc])
-    out = [f"Speculative decoding: model {config.get('model')} ({config.get('revision')}), "
+    model = config.get("model")
+    model = model if os.path.isdir(str(model)) else f"{model} ({config.get('revision')})"
+    out = [f"Speculative decoding: model {model}, "
            f"k={config.get('k')}, T={config.get('temperature')}, visible {config.get('visible_frac')}, "
            f"seq-len {config.get('seq_len')}", "", markdown_table(header, rows)]
     if tests:
@@ -287,10 +290,19 @@ def plot_distributions(by_method: dict[str, list[dict]], path: Path) -> str | No
     except ImportError:
         print("note: matplotlib not installed, no plot", file=sys.stderr)
         return None
+    import numpy as np
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in ((axes[0], "nfe", "network calls (NFE)"), (axes[1], "time_s", "wall-clock (s)")):
+        values = [r[key] for rs in by_method.values() for r in rs]
+        if key == "nfe":  # integer bins shared by every method
+            step = max(1, (max(values) - min(values)) // 40)
+            bins = np.arange(min(values) - 0.5, max(values) + step + 0.5, step)
+        else:
+            bins = np.histogram_bin_edges(values, bins=30)
         for lab, rs in by_method.items():
-            ax.hist([r[key] for r in rs], bins=30, alpha=0.5, label=lab)
+            ax.hist([r[key] for r in rs], bins=bins, alpha=0.45, label=lab, histtype="stepfilled", edgecolor="black",
+                    linewidth=0.5)
         ax.set_title(title)
         ax.set_ylabel("samples")
         ax.legend(fontsize=8)
