@@ -9,7 +9,7 @@ Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
 * Sources: ``stdlib`` (the standard library's sources, one file = one
   document, offline), ``openwebtext`` and ``starcoder``
   (``bigcode/starcoderdata``, ``data_dir="python"``, field ``content``)
-  streamed from the Hugging Face hub with ``datasets``, ``hf:ORG/NAME``, or
+  streamed from the Hugging Face hub with ``datasets``, ``hf:ORG/NAME[@REVISION]``, or
   local files / globs (``.jsonl``/``.json``: one document per record, field
   ``text`` unless told; anything else: one document per file).
 * Held-out split: the first ``eval_docs`` documents of the source; training
@@ -159,7 +159,8 @@ def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: b
         entry = dict(HUB_DATASETS[key])
         spec = DataSpec(name, "hub", field=entry.pop("field"), code=entry.pop("code"), hub=entry)
     elif key.startswith("hf:"):
-        spec = DataSpec(name, "hub", hub=dict(path=key[3:]))
+        path, _, revision = key[3:].partition("@")
+        spec = DataSpec(name, "hub", hub=dict(path=path, **({"revision": revision} if revision else {})))
     elif any(c in key for c in "/\\*?[") or Path(key).suffix or Path(key).exists():
         matches = sorted(glob.glob(os.path.expanduser(key), recursive=True))
         files = [m for m in matches if os.path.isfile(m)]
@@ -193,7 +194,13 @@ def _load(spec: DataSpec):
     else:
         try:
             ds = datasets.load_dataset(**spec.hub, split="train", streaming=True)
-        except Exception as exc:  # offline / unknown repo / no access: one clear message
+        except Exception as exc:  # offline / unknown repo / no access / legacy script: one clear message
+            if "scripts are no longer supported" in str(exc):
+                raise OSError(
+                    f"'{spec.name}' ({spec.hub['path']}) is still a script dataset, which datasets>=4 cannot load: "
+                    "pip install 'datasets<4', or use its Parquet export, e.g. "
+                    f"dataset: hf:{spec.hub['path']}@refs/convert/parquet (the Hub converts only part of large datasets)"
+                ) from exc
             raise OSError(
                 f"could not stream '{spec.name}' ({spec.hub}) from the Hugging Face hub: {type(exc).__name__}: {exc}. "
                 "Offline? Train on local files (dataset: path/to/*.jsonl or *.txt) or on the bundled 'stdlib' corpus."

@@ -63,7 +63,7 @@ class TrainConfig:
     seed: int = opt(0, "seed of the initialisation, the batches, the orders and dropout")
     # data
     dataset: str = opt("openwebtext", "stdlib, openwebtext, starcoder (= bigcode/starcoderdata, python), "
-                                      "hf:ORG/NAME, or a path/glob of .txt (one document per file) or .jsonl files")
+                                      "hf:ORG/NAME[@REVISION], or a path/glob of .txt (one document per file) or .jsonl files")
     text_field: str = opt("", "record field holding the text (default: text; starcoder: content)")
     code_whitespace: str = opt("auto", "map newline/tab/2 and 3 spaces to <cls>/<sep>/<unk>/<pad> before "
                                        "tokenizing: auto (starcoder only), true or false")

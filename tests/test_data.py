@@ -59,6 +59,7 @@ def test_resolve_dataset_errors(tmp_path):
     assert spec.kind == "hub" and spec.field == "content" and spec.code and spec.hub["data_dir"] == "python"
     assert resolve_dataset("openwebtext").field == "text"
     assert resolve_dataset("stdlib").kind == "files"
+    assert resolve_dataset("hf:org/name@v2").hub == {"path": "org/name", "revision": "v2"}
 
 
 def test_hub_dataset_offline_fails_with_a_clear_message():

@@ -90,6 +90,7 @@ SlurmdLogFile={d}/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -150,3 +151,39 @@ def test_sbatch_launcher_trains_with_two_tasks(slurm, tmp_path):
     steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()
              if json.loads(r)["kind"] == "train"]
     assert steps == [1, 2, 3, 4]
+
+
+def test_sigterm_under_slurm_saves_requeues_and_resumes(slurm, tmp_path):
+    """Preemption / time limit: SIGTERM to the job steps -> checkpoint, clean exit, requeue, resume, finish."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        dataset="stdlib", eval_docs=10, seq_len=32, init="fresh", tokenizer="local", local_vocab_size=600,
+        model_config=dict(d_model=32, n_layer=2, n_head=2, d_inner=64), batch_size=8, grad_accum=1, lr=1e-3,
+        scale_lr=False, warmup_steps=2, max_steps=200, cpu=True, save_steps=1000, log_steps=1, eval_steps=0,
+        eval_rates=[0.5], eval_batches=1, sample_rows=1, sample_rate=0.5, progress=False)))
+    run = tmp_path / "run"
+    log = tmp_path / "job.out"
+    env = {**slurm, "CONFIG": str(config), "OUTPUT_DIR": str(run), "PYTHON": shutil.which("python3") or "python3",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(["sbatch", "--parsable", "-n", "2", "--cpus-per-task=1", "--time=10", f"--output={log}",
+                          "--open-mode=append", "_run_training.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    metrics = run / "metrics.jsonl"
+    try:
+        _wait(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, 120, "the first steps")
+        subprocess.run(["scancel", "--signal=TERM", job], env=slurm, check=True)
+        _wait(lambda: (run / "checkpoints" / "latest").exists(), 60, "the SIGTERM checkpoint")
+        interrupted_at = int((run / "checkpoints" / "latest").read_text().split("_")[1])
+        assert 3 <= interrupted_at < 200
+        _wait(lambda: job not in subprocess.run(["squeue", "-h", "-j", job], env=slurm, capture_output=True,
+                                                text=True).stdout, 240, f"job {job} to be requeued, resume and finish")
+    finally:
+        subprocess.run(["scancel", job], env=slurm, capture_output=True)
+    text = log.read_text() if log.exists() else "(no job output)"
+    assert "requeueing job" in text and f"resuming at step {interrupted_at}" in text, text[-4000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "done" and status["step"] == 200 and status["ranks_identical"], text[-4000:]
+    steps = sorted(json.loads(r)["step"] for r in metrics.read_text().splitlines() if json.loads(r)["kind"] == "train")
+    assert steps == list(range(1, 201))
