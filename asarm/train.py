@@ -183,11 +183,14 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"masking rate {name}={value} must lie strictly between 0 and 1")
     if cfg.min_rate > cfg.max_rate:
         raise ValueError(f"min_rate={cfg.min_rate} is above max_rate={cfg.max_rate}")
-    for name in ("batch_size", "grad_accum", "save_steps", "log_steps", "keep_last", "eval_batches", "sample_k"):
+    for name in ("batch_size", "grad_accum", "save_steps", "log_steps", "keep_last", "eval_batches", "sample_rows",
+                 "sample_k"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (one known token and one target), got {cfg.seq_len}")
+    if cfg.eval_steps < 0 or cfg.eval_docs < 0:
+        raise ValueError("eval_steps and eval_docs must be >= 0")
     if cfg.max_steps < 0 or (cfg.max_steps == 0 and cfg.train_sequences < 1):
         raise ValueError("set max_steps > 0 or train_sequences > 0")
     if cfg.lr <= 0:
