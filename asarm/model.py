@@ -57,8 +57,6 @@ class ASARM(nn.Module):
         for i in self.banned_token_ids:
             if not 0 <= i < cfg.vocab_size:
                 raise ValueError(f"banned token id {i} is outside the vocabulary (size {cfg.vocab_size})")
-        setattr(cfg, _CFG_MASK, self.mask_token_id)
-        setattr(cfg, _CFG_BANNED, list(self.banned_token_ids))
         banned = torch.zeros(cfg.vocab_size, dtype=torch.bool)
         banned[self.banned_token_ids] = True
         self.register_buffer("banned", banned, persistent=False)
@@ -101,16 +99,28 @@ class ASARM(nn.Module):
         Offline, a hub id that is not cached raises ``OSError`` saying how to
         pass a local directory. Any directory written by
         ``XLNetLMHeadModel.save_pretrained`` loads; the mask and banned ids come
-        from ``tokenizer`` if given, else from the saved config, else XLNet's
-        defaults.
+        from the config an ``ASARM`` saved, else from ``tokenizer`` if given,
+        else XLNet's defaults.
         """
         from transformers import XLNetLMHeadModel
 
         if dtype is not None:
             kwargs["torch_dtype"] = dtype
         xlnet = load_or_explain(XLNetLMHeadModel.from_pretrained, name_or_path, revision, "model", **kwargs)
-        mask, banned = special_ids(tokenizer) if tokenizer is not None else (None, None)
+        saved = getattr(xlnet.config, _CFG_BANNED, None) is not None
+        # ids saved with an AS-ARM checkpoint win (e.g. a code model that samples whitespace specials)
+        mask, banned = special_ids(tokenizer) if tokenizer is not None and not saved else (None, None)
         return cls(xlnet, mask, banned)
+
+    def allowing(self, token_ids) -> "ASARM":
+        """The same network (shared parameters) with ``token_ids`` removed from the banned ids.
+
+        E.g. the released ``code`` checkpoint writes whitespace as XLNet specials
+        (``asarm.data.code_whitespace_ids``), which are banned by default.
+        """
+        if self.mask_token_id in set(token_ids):
+            raise ValueError("the mask token can never be sampled")
+        return ASARM(self.xlnet, self.mask_token_id, [i for i in self.banned_token_ids if i not in set(token_ids)])
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
         """Write a directory that ``XLNetLMHeadModel.from_pretrained`` and
@@ -118,6 +128,9 @@ class ASARM(nn.Module):
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        # the wrapper's ids travel in config.json (wrappers may share one network, so set them now)
+        setattr(self.config, _CFG_MASK, self.mask_token_id)
+        setattr(self.config, _CFG_BANNED, list(self.banned_token_ids))
         try:
             self.xlnet.save_pretrained(tmp)
             if tokenizer is not None:

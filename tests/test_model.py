@@ -103,6 +103,15 @@ def test_special_ids_come_from_the_tokenizer_and_are_saved(tmp_path, local_token
     model.save_pretrained(tmp_path / "m")
     again = ASARM.from_pretrained(str(tmp_path / "m"))
     assert again.banned_token_ids == model.banned_token_ids
+    # saved ids win over a tokenizer's (a code model keeps its whitespace specials sampleable)
+    code = again.allowing([3, 4])
+    code.save_pretrained(tmp_path / "code")
+    reloaded = ASARM.from_pretrained(str(tmp_path / "code"), tokenizer=tok)
+    assert 3 not in reloaded.banned_token_ids and 4 not in reloaded.banned_token_ids
+    assert reloaded.banned_token_ids == code.banned_token_ids
+    assert code.xlnet is again.xlnet and again.banned_token_ids == model.banned_token_ids
+    with pytest.raises(ValueError, match="mask token"):
+        again.allowing([again.mask_token_id])
     # explicit ids win over the saved ones; the mask id is always banned
     custom = ASARM(again.xlnet, mask_token_id=6, banned_token_ids=[0])
     assert custom.banned_token_ids == [0, 6]
