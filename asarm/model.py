@@ -122,19 +122,24 @@ class ASARM(nn.Module):
             raise ValueError("the mask token can never be sampled")
         return ASARM(self.xlnet, self.mask_token_id, [i for i in self.banned_token_ids if i not in set(token_ids)])
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None, atomic: bool = True) -> None:
         """Write a directory that ``XLNetLMHeadModel.from_pretrained`` and
-        ``ASARM.from_pretrained`` both load (atomically: a crash leaves no half-written directory)."""
+        ``ASARM.from_pretrained`` both load. ``atomic``: write a temporary directory and
+        rename it into place, so a crash leaves no half-written directory (pass False
+        when ``directory`` is itself a temporary directory the caller renames)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         # the wrapper's ids travel in config.json (wrappers may share one network, so set them now)
         setattr(self.config, _CFG_MASK, self.mask_token_id)
         setattr(self.config, _CFG_BANNED, list(self.banned_token_ids))
-        try:
-            self.xlnet.save_pretrained(tmp)
+        if not atomic:
+            self.xlnet.save_pretrained(directory)
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+                tokenizer.save_pretrained(directory)
+            return
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.save_pretrained(tmp, tokenizer, atomic=False)
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
