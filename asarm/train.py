@@ -320,8 +320,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     name = f"step_{step:08d}"
     tmp, final = root / f".tmp-{name}", root / name
     shutil.rmtree(tmp, ignore_errors=True)
-    model.xlnet.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp, tokenizer, atomic=False)  # HF model + tokenizer, with the AS-ARM's ids in config.json
     torch.save(state, tmp / "training_state.pt")
     atomic_write_json(tmp / "trainer_state.json", {k: state[k] for k in ("step", "elapsed", "tokens", "config")})
     if final.exists():

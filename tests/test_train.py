@@ -123,6 +123,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, local_tokenizer, monkeypatch):
     state = {"step": 1, "elapsed": 0.0, "tokens": 0, "config": {}}
     first = save_checkpoint(tmp_path, 1, tiny_model, local_tokenizer, state, keep_last=3)
+    saved = json.loads((first / "config.json").read_text())
+    assert saved["asarm_mask_token_id"] == tiny_model.mask_token_id and "asarm_banned_token_ids" in saved
 
     def crash(*a, **k):
         raise RuntimeError("disk full")
@@ -191,3 +193,16 @@ def test_config_file_overrides_and_cli_help(tmp_path):
     out = subprocess.run([sys.executable, "-m", "asarm", "train", "--dataset", "nope", "--output_dir", str(tmp_path / "x")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown dataset" in out.stderr
+
+
+def test_code_runs_save_a_model_that_may_write_whitespace(tmp_path):
+    from asarm import ASARM
+    from asarm.data import code_whitespace_ids
+    from asarm.tokenizer import load_tokenizer
+
+    run = train(_cfg(tmp_path, code_whitespace="true", max_steps=2, save_steps=2))
+    tokenizer = load_tokenizer(str(run / "model"))
+    for directory in (run / "model", run / "checkpoints" / "step_00000002"):
+        model = ASARM.from_pretrained(str(directory), tokenizer=tokenizer)
+        assert not model.banned[code_whitespace_ids(tokenizer)].any()
+        assert model.banned[model.mask_token_id]
