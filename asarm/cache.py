@@ -163,7 +163,8 @@ class CachedDecoder:
             ``(R, K, V)`` float32 logits; query slots ``>= q_count`` are padding.
         """
         dev, N = x.device, self.N
-        rows, n_known, q_start, q_count = (torch.as_tensor(t, device=dev).long() for t in (rows, n_known, q_start, q_count))
+        rows, n_known, q_start, q_count = (torch.as_tensor(t, device=dev).long()
+                                           for t in (rows, n_known, q_start, q_count))
         R = len(rows)
         K = int(q_count.max()) if num_queries is None else num_queries
         if R == 0:
