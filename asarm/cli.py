@@ -107,7 +107,8 @@ def register_infill(sub) -> None:
     p.add_argument("--bonus", action="store_true", help="ASSD: extra token when all drafts are accepted")
     p.add_argument("--order", default="sorted", choices=["sorted", "random"],
                    help="masked positions left to right (sorted) or in a random order")
-    p.add_argument("--backend", default="plain", help="decoder backend (default: %(default)s)")
+    p.add_argument("--backend", default="cached", choices=["cached", "plain"],
+                   help="decoder: cached K/V (fast) or plain recomputation (the paper's); same samples (default: %(default)s)")
     p.add_argument("--samples", type=int, default=1, help="completions per method (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_infill)

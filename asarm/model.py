@@ -30,6 +30,7 @@ from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_id
 # Keys under which the AS-ARM's own settings travel inside XLNet's config.json
 # (plain XLNet ignores them, so the directory still loads as XLNetLMHeadModel).
 _CFG_MASK = "asarm_mask_token_id"
+BACKENDS = ("cached", "plain")
 _CFG_BANNED = "asarm_banned_token_ids"
 
 
@@ -235,15 +236,16 @@ class ASARM(nn.Module):
         token_lp = logp.gather(-1, input_ids.gather(1, positions)[..., None]).squeeze(-1)
         return torch.where(valid, token_lp, torch.zeros_like(token_lp)).sum(-1)
 
-    def decoder(self, sigma: torch.Tensor, num_visible: torch.Tensor, backend: str = "plain"):
-        """The backend the sampler calls for logits (see ``PlainDecoder``)."""
+    def decoder(self, sigma: torch.Tensor, num_visible: torch.Tensor, backend: str = "cached"):
+        """The backend the sampler calls for logits: ``"cached"`` (``asarm.cache.CachedDecoder``)
+        or ``"plain"`` (``PlainDecoder``); both answer the same question with the same logits."""
         if backend == "plain":
             return PlainDecoder(self, sigma, num_visible)
         if backend == "cached":
             from .cache import CachedDecoder
 
             return CachedDecoder(self, sigma, num_visible)
-        raise ValueError(f"unknown decoding backend '{backend}'; choose 'plain' or 'cached'")
+        raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 
 class PlainDecoder:

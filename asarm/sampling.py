@@ -245,7 +245,7 @@ class _Run:
 def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor, *,
            method: str = "assd", k: int = 5, temperature: float = 1.0, temperature_mode: str = "both",
            r_atol: float = 0.0, bonus: bool = False, generator: torch.Generator | None = None,
-           backend: str = "plain") -> SampleOutput:
+           backend: str = "cached") -> SampleOutput:
     """Complete the masked positions of every row by sampling the order-``sigma`` joint.
 
     Args:
@@ -263,7 +263,8 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
             oracle call's query at the next rank (lossless; off by default so that
             call counts match the paper's definition).
         generator: ``torch.Generator`` for reproducible sampling.
-        backend: decoder backend (``"plain"``, or ``"cached"`` when available).
+        backend: ``"cached"`` (content-stream K/V cache, ``asarm.cache``) or ``"plain"``
+            (recomputes every position at every call, as the paper's code). Same samples.
     Returns:
         ``SampleOutput`` with ``sequences (B, N)`` and ``nfe (B,)``.
     """

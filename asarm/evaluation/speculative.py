@@ -330,7 +330,8 @@ def register(sub) -> None:
                    choices=["sequential", "assd", "ngram"], help="sampling methods (default: %(default)s)")
     p.add_argument("--k", type=int, default=5, help="draft length (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
-    p.add_argument("--backend", default="plain", help="decoder backend (default: %(default)s)")
+    p.add_argument("--backend", default="cached", choices=["cached", "plain"],
+                   help="decoder: cached K/V (fast) or plain recomputation (the paper's); same samples (default: %(default)s)")
     p.add_argument("--baseline-model", default=None,
                    help="also run an off-the-shelf model, e.g. xlnet/xlnet-base-cased (same tokenizer)")
     p.add_argument("--baseline-revision", default=None)
