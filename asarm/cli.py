@@ -7,6 +7,7 @@ Each subcommand lives in its own module and registers itself through a
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -40,8 +41,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_model_and_tokenizer(args):
     """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
-    import os
-
     from .model import ASARM
     from .tokenizer import build_local_tokenizer, load_tokenizer
     from .utils import resolve_device, resolve_dtype
@@ -66,11 +65,15 @@ def load_model_and_tokenizer(args):
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
-def encode_masked_text(text: str, tokenizer) -> list[int]:
-    """Token ids of ``text`` with every ``[MASK:n]`` replaced by ``n`` mask tokens.
+def encode_masked_text(text: str, tokenizer, code: bool = False) -> list[int]:
+    """Token ids of ``text`` with every ``[MASK:n]`` replaced by ``n`` mask tokens
+    (``code``: whitespace mapped to XLNet specials first, as the ``code`` checkpoint expects).
 
     Raises ``ValueError`` for empty text, no span, or a span of length 0.
     """
+    from .data import make_encoder
+
+    encode = make_encoder(tokenizer, code)
     if not text.strip():
         raise ValueError("the text is empty: give a prompt with at least one [MASK:n] span, e.g. 'The cat [MASK:4] mat.'")
     pieces = MASK_SPAN.split(text)
@@ -84,7 +87,7 @@ def encode_masked_text(text: str, tokenizer) -> list[int]:
                 raise ValueError(f"[MASK:{piece}] asks for no token; use n >= 1")
             ids += [tokenizer.mask_token_id] * n
         elif piece:
-            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+            ids += encode(piece)
     if all(i == tokenizer.mask_token_id for i in ids):
         raise ValueError("no visible text: add some words around the [MASK:n] spans to condition on")
     return ids
@@ -107,6 +110,9 @@ def register_infill(sub) -> None:
     p.add_argument("--bonus", action="store_true", help="ASSD: extra token when all drafts are accepted")
     p.add_argument("--order", default="sorted", choices=["sorted", "random"],
                    help="masked positions left to right (sorted) or in a random order")
+    p.add_argument("--code", action="store_true",
+                   help="code model: map whitespace to XLNet specials and let the model sample them "
+                        "(on by default with --revision code)")
     p.add_argument("--backend", default="cached", choices=["cached", "plain"],
                    help="decoder: cached K/V (fast) or plain recomputation (the paper's); same samples (default: %(default)s)")
     p.add_argument("--samples", type=int, default=1, help="completions per method (default: %(default)s)")
@@ -122,9 +128,16 @@ def run_infill(args) -> int:
 
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
+    from .data import code_whitespace_ids, decode_text
+
+    if args.text_file is not None and not os.path.isfile(args.text_file):
+        raise FileNotFoundError(f"--text-file '{args.text_file}' does not exist")
     text = args.text if args.text is not None else open(args.text_file, encoding="utf-8").read()
+    code = args.code or args.revision == "code"
     model, tokenizer = load_model_and_tokenizer(args)
-    ids = torch.tensor([encode_masked_text(text, tokenizer)] * args.samples, device=model.device)
+    if code:
+        model = model.allowing(code_whitespace_ids(tokenizer))
+    ids = torch.tensor([encode_masked_text(text, tokenizer, code)] * args.samples, device=model.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     sigma, m = orders.infill_order(ids, model.mask_token_id, shuffle=args.order == "random", generator=gen)
     print(f"{ids.shape[1]} tokens, {int((ids[0] == model.mask_token_id).sum())} to generate")
@@ -140,7 +153,7 @@ def run_infill(args) -> int:
         dt = time.perf_counter() - t0
         for row in range(args.samples):
             print(f"\n[{method}] sample {row}: NFE {int(out.nfe[row])}, {dt / args.samples:.3f} s")
-            print(tokenizer.decode(out.sequences[row].tolist()))
+            print(decode_text(out.sequences[row].tolist(), tokenizer, code))
     return 0
 
 

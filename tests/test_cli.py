@@ -44,10 +44,25 @@ def test_infill_from_a_local_directory(tmp_path, local_tokenizer, capsys):
     assert out.count("print(os.getcwd())") == 3  # the visible text survives decoding
 
 
+def test_code_mode_maps_whitespace_and_samples_it(tmp_path, local_tokenizer, capsys):
+    from asarm.data import code_whitespace_ids
+
+    ids = encode_masked_text("def f():\n\treturn 1[MASK:2]", local_tokenizer, code=True)
+    assert set(code_whitespace_ids(local_tokenizer)[:2]) <= set(ids)  # newline -> <cls>, tab -> <sep>
+    model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    model.save_pretrained(tmp_path / "m", tokenizer=local_tokenizer)
+    code = main(["infill", "--model", str(tmp_path / "m"), "--code", "--text", "def f():\n\treturn 1[MASK:3]",
+                 "--method", "sequential", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and "def f():\n\treturn 1" in out and "<cls>" not in out
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path):
     res = run_cli("infill", "--model", "tiny", "--text", "nothing to fill")
     assert res.returncode == 2 and "nothing to infill" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("infill", "--model", "tiny", "--text", "a [MASK:2] b", "--k", "0")
     assert res.returncode == 2 and "k (draft length)" in res.stderr
+    res = run_cli("infill", "--model", "tiny", "--text-file", str(tmp_path / "missing.txt"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
     res = run_cli("infill", "--model", "someone/missing-model", "--text", "a [MASK:2] b")
     assert res.returncode == 2 and "local directory" in res.stderr and "Traceback" not in res.stderr
