@@ -30,6 +30,7 @@ __all__ = [
     "joint_mask",
     "draft_mask",
     "target_mapping",
+    "rank_positions",
     "scatter_by_rank",
 ]
 
@@ -174,6 +175,28 @@ def draft_mask(sigma: torch.Tensor, num_visible, n) -> torch.Tensor:
     return step_mask(sigma, num_visible, n)
 
 
+def rank_positions(order: torch.Tensor, start, count, num_queries: int | None = None):
+    """Positions of the ranks ``start .. start + count - 1`` of each row.
+
+    Args:
+        order: ``(B, N)`` ``order_to_pos(sigma)`` (precompute it once per run).
+        start, count: int or ``(B,)``; ``start + count <= N``.
+        num_queries: ``K``, at least ``max(count)`` (default: ``max(count)``).
+    Returns:
+        ``(positions (B, K) long, valid (B, K) bool)``; invalid slots hold position 0.
+    """
+    b, n = order.shape
+    start = _as_rows(start, b, order.device)
+    count = _as_rows(count, b, order.device)
+    k = int(count.max()) if num_queries is None else num_queries
+    if (start + count > n).any():
+        raise ValueError("start + count exceeds the sequence length")
+    t = torch.arange(k, device=order.device)
+    valid = t[None, :] < count[:, None]
+    positions = torch.gather(order, 1, (start[:, None] + t[None, :]).clamp(max=n - 1))
+    return torch.where(valid, positions, torch.zeros_like(positions)), valid
+
+
 def target_mapping(sigma: torch.Tensor, start, count, num_queries: int | None = None, dtype=torch.float32):
     """One-hot queries for the ranks ``start .. start + count - 1`` of each row.
 
@@ -187,31 +210,22 @@ def target_mapping(sigma: torch.Tensor, start, count, num_queries: int | None = 
         Query ``t < count[b]`` predicts position ``positions[b, t]``; the
         others are all-zero padding rows (``valid`` False, ``positions`` 0).
     """
-    b, n = sigma.shape
-    start = _as_rows(start, b, sigma.device)
-    count = _as_rows(count, b, sigma.device)
-    k = int(count.max()) if num_queries is None else num_queries
-    if (start + count > n).any():
-        raise ValueError("target_mapping: start + count exceeds the sequence length")
-    t = torch.arange(k, device=sigma.device)
-    ranks = start[:, None] + t[None, :]
-    valid = t[None, :] < count[:, None]
-    positions = torch.gather(order_to_pos(sigma), 1, ranks.clamp(max=n - 1))
-    positions = torch.where(valid, positions, torch.zeros_like(positions))
-    mapping = torch.nn.functional.one_hot(positions, n).to(dtype) * valid[..., None].to(dtype)
+    positions, valid = rank_positions(order_to_pos(sigma), start, count, num_queries)
+    mapping = torch.nn.functional.one_hot(positions, sigma.shape[1]).to(dtype) * valid[..., None].to(dtype)
     return mapping, positions, valid
 
 
-def scatter_by_rank(x: torch.Tensor, sigma: torch.Tensor, start, tokens: torch.Tensor, count) -> torch.Tensor:
+def scatter_by_rank(x: torch.Tensor, order: torch.Tensor, start, tokens: torch.Tensor, count) -> torch.Tensor:
     """Write ``tokens[b, t]`` at the position of rank ``start[b] + t`` for ``t < count[b]``.
 
     Args:
         x: ``(B, N)`` ids (not modified).
+        order: ``(B, N)`` ``order_to_pos(sigma)``.
         tokens: ``(B, K)`` ids.
     Returns:
         a new ``(B, N)`` tensor.
     """
-    _, positions, valid = target_mapping(sigma, start, count, num_queries=tokens.shape[1])
+    positions, valid = rank_positions(order, start, count, num_queries=tokens.shape[1])
     out = x.clone()
     rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(positions)
     out[rows[valid], positions[valid]] = tokens[valid]

@@ -183,6 +183,7 @@ class _Run:
         self.model = model
         self.x = input_ids.clone()
         self.sigma, self.m = sigma, num_visible
+        self.order = order_to_pos(sigma)  # position of each rank, computed once
         self.n = num_visible.clone()
         self.N = input_ids.shape[1]
         self.nfe = torch.zeros_like(num_visible)
@@ -201,7 +202,7 @@ class _Run:
         return (self.n < self.N).nonzero().squeeze(-1)
 
     def write(self, rows, start, tokens, count):
-        self.x[rows] = scatter_by_rank(self.x[rows], self.sigma[rows], start, tokens, count)
+        self.x[rows] = scatter_by_rank(self.x[rows], self.order[rows], start, tokens, count)
 
     def call(self, rows, n_known, q_start, q_count, num_queries=None):
         self.nfe[rows] += 1
@@ -317,7 +318,7 @@ def _ngram(run: _Run, k, t_draft, t_oracle, r_atol, bonus):
         u = run.rand(len(rows), k).tolist()
         x = run.x[rows].tolist()
         known = (run.sigma[rows] < n[:, None]).tolist()
-        order = order_to_pos(run.sigma[rows]).tolist()
+        order = run.order[rows].tolist()
         # leave room for the query after the last draft: each call yields >= 1 token
         room = (run.N - 1 - n).clamp(min=0, max=k).tolist()
         drafted = [context_bigram_draft(x[r], known[r], order[r], int(n[r]), room[r], u[r], t_draft)

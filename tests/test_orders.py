@@ -157,7 +157,8 @@ def test_infill_order():
 def test_scatter_by_rank():
     sigma = torch.tensor([[2, 0, 3, 1]])
     x = torch.zeros(1, 4, dtype=torch.long)
-    out = orders.scatter_by_rank(x, sigma, torch.tensor([2]), torch.tensor([[7, 8, 9]]), torch.tensor([2]))
+    out = orders.scatter_by_rank(x, orders.order_to_pos(sigma), torch.tensor([2]), torch.tensor([[7, 8, 9]]),
+                                 torch.tensor([2]))
     assert out.tolist() == [[7, 0, 8, 0]]
     assert x.sum() == 0  # input untouched
 
