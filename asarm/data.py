@@ -13,7 +13,7 @@ Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
   local files / globs (``.jsonl``/``.json``: one document per record, field
   ``text`` unless told; anything else: one document per file).
 * Held-out split: the first ``eval_docs`` documents of the source; training
-  leaves out every document with the same text.
+  (``PackedStream(exclude=...)``) leaves out every document with the same text.
 * Sharding: the training stream is split into ``num_slots`` disjoint shards,
   one per micro-batch *slot* (``rank * accumulation + micro``), so each rank
   reads its own shards and the global batch does not depend on how the slots
@@ -210,14 +210,15 @@ def _load(spec: DataSpec):
     return ds
 
 
-def open_split(spec: DataSpec, split: str, eval_docs: int, shard: int = 0, num_shards: int = 1,
-               held_out: frozenset | None = None):
-    """One shard of the training stream (``split="train"``), or the held-out documents (``"eval"``).
+def open_split(spec: DataSpec, split: str, eval_docs: int, shard: int = 0, num_shards: int = 1):
+    """One shard of the source (``split="train"``), or the held-out documents (``"eval"``).
 
-    Held out = the first ``eval_docs`` documents of the source; the training
-    stream leaves out every document whose ``text_digest`` is in ``held_out``
-    (default: computed here), so held-out text never reaches training, however
-    ``datasets`` splits the source into shards.
+    Held out = the first ``eval_docs`` documents of the source. A training
+    shard still contains them: ``PackedStream(exclude=held_out_digests(...))``
+    drops every document with the same text, however ``datasets`` splits the
+    source into shards. (Not ``IterableDataset.filter``: in some ``datasets``
+    releases a filtered stream loses the rest of a table when resumed from its
+    ``state_dict``.)
 
     Returns a fresh ``datasets.IterableDataset`` of ``{"text": str}`` records.
     """
@@ -226,10 +227,7 @@ def open_split(spec: DataSpec, split: str, eval_docs: int, shard: int = 0, num_s
     ds = _load(spec)
     if split == "eval":
         return ds.take(eval_docs)
-    if held_out is None:
-        held_out = held_out_digests(spec, eval_docs)
-    ds = split_dataset_by_node(ds, rank=shard, world_size=num_shards) if num_shards > 1 else ds
-    return ds.filter(lambda r: text_digest(r["text"]) not in held_out) if held_out else ds
+    return split_dataset_by_node(ds, rank=shard, world_size=num_shards) if num_shards > 1 else ds
 
 
 def text_digest(text: str | None) -> str:
@@ -268,37 +266,44 @@ class PackedStream:
             state never leaks into the next epoch).
         encode: ``text -> list[int]``; eos_id: appended after every document.
         seq_len: chunk length ``N``.
+        exclude: ``text_digest`` of documents to skip (the held-out split).
     """
 
-    def __init__(self, make_dataset: Callable, encode: Callable[[str], list[int]], eos_id: int, seq_len: int):
+    def __init__(self, make_dataset: Callable, encode: Callable[[str], list[int]], eos_id: int, seq_len: int,
+                 exclude: frozenset = frozenset()):
         self.make_dataset, self.encode, self.eos_id, self.seq_len = make_dataset, encode, eos_id, seq_len
-        self.epoch, self.docs, self.buffer = 0, 0, []
+        self.exclude = exclude
+        self.epoch, self.docs, self.kept, self.buffer = 0, 0, 0, []
         self._new_epoch_dataset()
 
     def _new_epoch_dataset(self):
         self.dataset = self.make_dataset()
         self._iter = None
 
-    def _next_document(self) -> str:
-        for attempt in range(2):
+    def next_document(self) -> str:
+        """The next document of the shard that is not excluded (a new epoch starts at the end)."""
+        while True:
             if self._iter is None:
                 self._iter = iter(self.dataset)
             try:
-                text = next(self._iter)["text"]
-                self.docs += 1
-                return text or ""
+                text = next(self._iter)["text"] or ""
             except StopIteration:
-                if self.docs == 0:
-                    raise ValueError("a data shard holds no document: use fewer slots "
-                                     "(processes x accumulation) or more documents") from None
-                self.epoch, self.docs = self.epoch + 1, 0
+                if self.kept == 0:
+                    raise ValueError("a data shard holds no training document: use fewer slots "
+                                     "(processes x accumulation), fewer eval_docs or more documents") from None
+                self.epoch, self.docs, self.kept = self.epoch + 1, 0, 0
                 self._new_epoch_dataset()
-        raise AssertionError("unreachable")
+                continue
+            self.docs += 1
+            if self.exclude and text_digest(text) in self.exclude:
+                continue
+            self.kept += 1
+            return text
 
     def next_chunk(self) -> list[int]:
         """The next ``seq_len`` token ids."""
         while len(self.buffer) < self.seq_len:
-            self.buffer.extend(self.encode(self._next_document()))
+            self.buffer.extend(self.encode(self.next_document()))
             self.buffer.append(self.eos_id)
         chunk, self.buffer = self.buffer[: self.seq_len], self.buffer[self.seq_len:]
         return chunk
@@ -309,11 +314,11 @@ class PackedStream:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly here (JSON/pickle-able)."""
-        return {"epoch": self.epoch, "docs": self.docs, "buffer": list(self.buffer),
+        return {"epoch": self.epoch, "docs": self.docs, "kept": self.kept, "buffer": list(self.buffer),
                 "source": self.dataset.state_dict() if self._iter is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.docs, self.buffer = state["epoch"], state["docs"], list(state["buffer"])
+        self.epoch, self.docs, self.kept, self.buffer = state["epoch"], state["docs"], state["kept"], list(state["buffer"])
         self._new_epoch_dataset()
         if state["source"] is not None:
             self.dataset.load_state_dict(state["source"])

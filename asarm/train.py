@@ -449,8 +449,8 @@ def train(cfg: TrainConfig) -> Path:
     encode = make_encoder(tokenizer, spec.code, cfg.add_special_tokens)
     slots = [rank * cfg.grad_accum + a for a in range(cfg.grad_accum)]
     held_out = held_out_digests(spec, cfg.eval_docs)
-    streams = [PackedStream(lambda s=s: open_split(spec, "train", cfg.eval_docs, s, num_slots, held_out), encode,
-                            tokenizer.eos_token_id, cfg.seq_len) for s in slots]
+    streams = [PackedStream(lambda s=s: open_split(spec, "train", cfg.eval_docs, s, num_slots), encode,
+                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for s in slots]
     eval_stream = PackedStream(lambda: open_split(spec, "eval", cfg.eval_docs), encode, tokenizer.eos_token_id, cfg.seq_len)
     eval_x = eval_stream.next_batch(cfg.eval_batches * cfg.batch_size) if main else None
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from asarm.data import (CODE_WHITESPACE, PackedStream, decode_code_whitespace, decode_text, encode_code_whitespace,
-                        make_encoder, open_split, resolve_dataset, stdlib_texts)
+                        held_out_digests, make_encoder, open_split, resolve_dataset, stdlib_texts)
 
 CODE = [
     "def f(x):\n    return x  # two spaces\n",
@@ -80,13 +80,15 @@ def test_packing_joins_documents_with_eos_and_shards_are_disjoint(tmp_path, loca
     encode = make_encoder(local_tokenizer, code=False)
     eos = local_tokenizer.eos_token_id
     seen = []
+    held_out = held_out_digests(spec, 5)
     for shard in range(3):
-        stream = PackedStream(lambda s=shard: open_split(spec, "train", 5, s, 3), encode, eos, 16)
+        stream = PackedStream(lambda s=shard: open_split(spec, "train", 5, s, 3), encode, eos, 16, exclude=held_out)
         flat = [t for _ in range(6) for t in stream.next_chunk()]
         assert len(flat) == 96
         # the chunks are the shard's documents, each followed by EOS, cut every 16 tokens
         expected, i = [], 0
-        shard_docs = [d for j, d in enumerate(docs[5:]) if j % 3 == shard]
+        # one file: datasets gives shard s every 3rd record; held-out records are then skipped
+        shard_docs = [d for i, d in enumerate(docs) if i % 3 == shard and i >= 5]
         while len(expected) < 96:
             expected += encode(shard_docs[i % len(shard_docs)]) + [eos]
             i += 1
@@ -97,17 +99,20 @@ def test_packing_joins_documents_with_eos_and_shards_are_disjoint(tmp_path, loca
     assert held_out == docs[:5]
 
 
-def test_stream_resumes_exactly_mid_document_and_across_epochs(tmp_path, local_tokenizer):
-    path, _ = _jsonl(tmp_path, n=12)
-    spec = resolve_dataset(str(path))
+@pytest.mark.parametrize("field", ["text", "content"])
+def test_stream_resumes_exactly_mid_document_and_across_epochs(tmp_path, local_tokenizer, field):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({field: f"document {i} " + "word " * (i % 5)}) + "\n" for i in range(12)))
+    spec = resolve_dataset(str(path), text_field=field)
     make = lambda: open_split(spec, "train", 2, 1, 2)
     encode = make_encoder(local_tokenizer, code=False)
+    held_out = held_out_digests(spec, 2)
     for cut in (3, 11, 40):  # 40 chunks run through several epochs of this small shard
-        b = PackedStream(make, encode, 2, 7)
+        b = PackedStream(make, encode, 2, 7, exclude=held_out)
         for _ in range(cut):
             b.next_chunk()
         state = json.loads(json.dumps(b.state_dict()))  # must survive serialisation
-        c = PackedStream(make, encode, 2, 7)
+        c = PackedStream(make, encode, 2, 7, exclude=held_out)
         c.load_state_dict(state)
         assert [b.next_chunk() for _ in range(15)] == [c.next_chunk() for _ in range(15)]
     assert b.epoch > 0
@@ -121,7 +126,13 @@ def test_held_out_documents_never_reach_training(tmp_path, local_tokenizer):
     spec = resolve_dataset(str(tmp_path / "part*.jsonl"))
     held = [r["text"] for r in open_split(spec, "eval", 8)]
     assert held == docs[:8]
-    train = [r["text"] for s in range(2) for r in open_split(spec, "train", 8, s, 2)]
+    exclude = held_out_digests(spec, 8)
+    train = []
+    for s in range(2):
+        stream = PackedStream(lambda s=s: open_split(spec, "train", 8, s, 2), lambda t: [], 0, 1, exclude=exclude)
+        while stream.epoch == 0:
+            train.append(stream.next_document())
+        train.pop()  # the first document of the next epoch
     assert sorted(train) == sorted(docs[8:])
 
 
