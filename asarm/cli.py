@@ -25,18 +25,29 @@ COMMANDS = [
 
 MASK_SPAN = re.compile(r"\[MASK:(\d+)\]")
 TINY = "tiny"
+ASARM_HUB_ID = "therealgabeguo/ASARM"
 TINY_CONFIG = dict(d_model=64, n_layer=2, n_head=4, d_inner=128)
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that loads a model."""
-    p.add_argument("--model", default="therealgabeguo/ASARM",
+def add_model_arguments(p: argparse.ArgumentParser, asarm_revision: str = "nlp") -> None:
+    """Options shared by every command that loads a model. ``asarm_revision``: the revision
+    used when ``--model`` is the released AS-ARM repository and no ``--revision`` is given."""
+    p.add_argument("--model", default=ASARM_HUB_ID,
                    help=f"local directory or hub id (default: %(default)s); '{TINY}' builds a tiny RANDOM model "
                         "with the offline tokenizer, for trying the commands without a checkpoint")
-    p.add_argument("--revision", default="nlp", help="hub revision: nlp, nlp_210k_plus_75k or code (default: %(default)s)")
+    p.add_argument("--revision", default=None,
+                   help=f"hub revision; for {ASARM_HUB_ID} (nlp, nlp_210k_plus_75k or code) the default is "
+                        f"{asarm_revision}")
+    p.set_defaults(asarm_revision=asarm_revision)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: the model's, else xlnet-base-cased)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default: %(default)s)")
+
+
+def resolve_revision(args) -> None:
+    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch)."""
+    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID:
+        args.revision = args.asarm_revision
 
 
 def load_model_and_tokenizer(args):
@@ -47,6 +58,7 @@ def load_model_and_tokenizer(args):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    resolve_revision(args)
     if args.model == TINY:
         from .data import stdlib_texts
 
@@ -177,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_revision(args)  # before a command records its config
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

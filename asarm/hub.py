@@ -34,7 +34,8 @@ def load_or_explain(loader, name_or_path: str, revision: str | None, what: str, 
         if not path.is_dir():
             raise ValueError(f"{what} path '{name}' is a file; pass the directory that holds config.json")
         return loader(str(path), **kwargs)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    # a path whose parent folder exists here (e.g. runs/mymodel) is a local directory, not a hub id
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir()):
         raise FileNotFoundError(f"{what} directory '{name}' does not exist")
     try:
         return loader(name, revision=revision, local_files_only=True, **kwargs)

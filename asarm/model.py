@@ -229,6 +229,7 @@ class ASARM(nn.Module):
             ``(B,)`` float32.
         """
         self.check_inputs(input_ids, sigma, num_visible)
+        input_ids, sigma, num_visible = (t.to(self.device, torch.long) for t in (input_ids, sigma, num_visible))
         n = input_ids.shape[1]
         count = n - num_visible
         mapping, positions, valid = target_mapping(sigma, num_visible, count)

@@ -44,8 +44,9 @@ class SampleOutput:
     Attributes:
         sequences: ``(B, N)`` completed ids.
         nfe: ``(B,)`` network calls made for each row.
-        drafted: ``(B,)`` draft tokens proposed for verification.
-        accepted: ``(B,)`` draft tokens accepted by the oracle.
+        drafted: ``(B,)`` draft tokens sent to an oracle call.
+        accepted: ``(B,)`` of those, the ones kept. In self-draft ASSD draft 0 is kept
+            without a test (``p_0 = q_0``), so ``accepted / drafted`` counts it too.
     """
 
     sequences: torch.Tensor
@@ -147,7 +148,9 @@ def context_bigram_draft(tokens: list[int], known: list[bool], order: list[int],
             break
         c = counts[tokens[left]]
         ids = sorted(c)
-        weights = [c[t] ** (1.0 / temperature) for t in ids]
+        # count ** (1 / T), scaled by the largest count: no overflow at small T
+        top = max(c.values())
+        weights = [math.exp(math.log(c[t] / top) / temperature) for t in ids]
         total = sum(weights)
         dist = {t: w / total for t, w in zip(ids, weights)}
         tok, acc = ids[-1], 0.0
@@ -272,7 +275,7 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
     _check_args(method, k, temperature, temperature_mode, r_atol)
     num_visible = torch.as_tensor(num_visible, device=input_ids.device) if not isinstance(num_visible, torch.Tensor) else num_visible
     model.check_inputs(input_ids, sigma, num_visible)
-    input_ids, sigma, num_visible = (t.to(model.device) for t in (input_ids, sigma, num_visible))
+    input_ids, sigma, num_visible = (t.to(model.device, torch.long) for t in (input_ids, sigma, num_visible))
     run = _Run(model, input_ids, sigma, num_visible.long(), generator, backend)
     t_draft = float(temperature)
     t_oracle = t_draft if temperature_mode == "both" else 1.0

@@ -15,9 +15,14 @@ run_eval() {  # usage: run_eval OUTPUT_DIR SUBCOMMAND ARGS...
     "$python" -m asarm "$@" --output-dir "$out" --shard "$SLURM_ARRAY_TASK_ID" \
       --num-shards "${SLURM_ARRAY_TASK_COUNT:-1}" "${extra[@]}"
   elif [ "${NUM_SHARDS:-1}" -gt 1 ]; then
-    local pids=() i status=0
+    local pids=() i status=0 dev
+    # shellcheck disable=SC2206
+    local visible="${CUDA_VISIBLE_DEVICES:-}" gpus=()
+    [ -z "$visible" ] || gpus=(${visible//,/ })  # shard i gets the i-th visible GPU (or GPU i)
     for ((i = 0; i < NUM_SHARDS; i++)); do
-      CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-$i}" "$python" -m asarm "$@" --output-dir "$out" \
+      dev=$i
+      if [ ${#gpus[@]} -gt 0 ]; then dev=${gpus[$((i % ${#gpus[@]}))]}; fi
+      CUDA_VISIBLE_DEVICES="$dev" "$python" -m asarm "$@" --output-dir "$out" \
         --shard "$i" --num-shards "$NUM_SHARDS" --no-progress "${extra[@]}" &
       pids+=("$!")
     done

@@ -23,6 +23,21 @@ def test_help_lists_commands():
     assert res.returncode == 0 and "[MASK:n]" in res.stdout
 
 
+def test_default_revision_only_for_the_released_asarm_repo():
+    from asarm.cli import build_parser, resolve_revision
+
+    def revision(*argv):
+        args = build_parser().parse_args(list(argv))
+        resolve_revision(args)
+        return args.revision
+
+    assert revision("infill", "--text", "x") == "nlp"
+    assert revision("speculative") == "nlp_210k_plus_75k"
+    assert revision("infill-code") == "code"
+    assert revision("infill", "--model", "xlnet/xlnet-base-cased", "--text", "x") is None
+    assert revision("infill", "--revision", "code", "--text", "x") == "code"
+
+
 def test_encode_masked_text(local_tokenizer):
     ids = encode_masked_text("def f(x):[MASK:3] return x", local_tokenizer)
     assert ids.count(local_tokenizer.mask_token_id) == 3

@@ -262,6 +262,9 @@ def test_clear_errors(tiny_model_dir, wiki_subset, shared_data, tmp_path, capsys
     err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "1",
                           "--seq-len", "16", "--methods", "sequential", "--k", "3", "--output-dir", str(out)])
     assert "different run (settings differ: k)" in err
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "2",
+                          "--seq-len", "16", "--overwrite", "--shard", "0", "--num-shards", "2", "--output-dir", str(out)])
+    assert "other shards' results" in err and (out / "config.json").exists()
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -271,6 +274,19 @@ def _launch(script, env_extra, tmp_path):
     proc = subprocess.run(["bash", str(ROOT / script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((Path(env_extra["OUT"]) / "results.json").read_text())
+
+
+def test_local_shards_get_one_visible_gpu_each(tmp_path):
+    """NUM_SHARDS=n runs shard i on the i-th GPU of CUDA_VISIBLE_DEVICES (a fake python records it)."""
+    fake = tmp_path / "fakepy"
+    log = tmp_path / "log"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$CUDA_VISIBLE_DEVICES $*" >> {log}\n')
+    fake.chmod(0o755)
+    script = f'source {ROOT / "scripts" / "eval_launch.sh"}; run_eval {tmp_path / "o"} speculative --trials 1'
+    env = {**os.environ, "PYTHON": str(fake), "NUM_SHARDS": "3", "CUDA_VISIBLE_DEVICES": "4,6,7", "EXTRA_ARGS": ""}
+    subprocess.run(["bash", "-c", script], env=env, check=True, capture_output=True, text=True, timeout=60)
+    gpus = {line.split()[0] for line in log.read_text().splitlines() if "--shard" in line}
+    assert gpus == {"4", "6", "7"}
 
 
 def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path):

@@ -128,6 +128,13 @@ def test_offline_hub_id_fails_fast_with_instructions():
         ASARM.from_pretrained("./no/such/dir")
 
 
+def test_mistyped_local_directory_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="'runs/mymodel' does not exist"):
+        ASARM.from_pretrained("runs/mymodel")
+
+
 def test_half_precision_forward_is_finite(small):
     """The masking constants are safe in bf16 (CPU) — fp16 is exercised on CUDA only."""
     m16 = ASARM(XLNetLMHeadModel(small.config).eval().to(torch.bfloat16))

@@ -42,6 +42,26 @@ def test_same_seed_same_samples(tiny_model, method):
     assert not torch.equal(a.sequences, c.sequences)
 
 
+def test_int32_inputs_give_the_same_samples(tiny_model):
+    x, sigma, m = _batch(tiny_model, seed=5)
+    for method in ("sequential", "assd", "ngram"):
+        a = asarm.sample(tiny_model, x, sigma, m, method=method, generator=torch.Generator().manual_seed(0))
+        b = asarm.sample(tiny_model, x.int(), sigma.int(), m.int(), method=method,
+                         generator=torch.Generator().manual_seed(0))
+        assert torch.equal(a.sequences, b.sequences)
+    lp = tiny_model.joint_log_prob(a.sequences.int(), sigma.int(), m.int())
+    assert torch.allclose(lp, tiny_model.joint_log_prob(a.sequences, sigma, m))
+
+
+def test_ngram_draft_at_tiny_temperature_is_the_most_frequent_bigram():
+    from asarm.sampling import context_bigram_draft
+
+    tokens = [5, 7, 5, 7, 5, 8, 5, 0]
+    known = [True] * 7 + [False]
+    drafts, dists = context_bigram_draft(tokens, known, list(range(8)), 7, 1, [0.99], temperature=0.003)
+    assert drafts == [7] and dists[0][7] > 0.999  # counts {7: 2, 8: 1}: no overflow, argmax wins
+
+
 def test_bonus_token_saves_calls(tiny_model):
     x, sigma, m = _batch(tiny_model, b=16, n=40, seed=4)
     kw = dict(method="assd", k=4, temperature=0.3)

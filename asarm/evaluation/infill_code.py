@@ -182,8 +182,7 @@ def register(sub) -> None:
     p = sub.add_parser("infill-code", help="HumanEval-infilling: generate the masked middle, run the tests (pass@k)",
                        description="Code infilling on HumanEval-infilling with functional correctness checked in "
                                    "isolated processes (paper, sec. 6).")
-    add_model_arguments(p)
-    p.set_defaults(revision="code")
+    add_model_arguments(p, asarm_revision="code")
     p.add_argument("--benchmark", default="single-line", choices=sorted(BENCHMARKS),
                    help="which official problem file (default: %(default)s)")
     p.add_argument("--data", default=None, help="problem file (.jsonl/.jsonl.gz) or hf:...; default: "

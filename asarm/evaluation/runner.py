@@ -221,6 +221,9 @@ def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Calla
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.overwrite and args.num_shards > 1:
+        raise ValueError("--overwrite would delete the other shards' results; with --num-shards > 1 remove the "
+                         "output directory once before starting the shards instead")
     config, runtime = split_config(args)
     units = select_units(units, args.limit)
     out_dir = Path(args.output_dir)

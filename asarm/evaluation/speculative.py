@@ -319,8 +319,7 @@ def register(sub) -> None:
     p = sub.add_parser("speculative", help="speculative-decoding comparison on WikiText (NFE, time, PPL, entropy)",
                        description="Generate ~95%% of packed text chunks with sequential decoding, ASSD and the "
                                    "n-gram draft; compare calls, time, judge perplexity and entropy (paper, sec. 6).")
-    add_model_arguments(p)
-    p.set_defaults(revision="nlp_210k_plus_75k")
+    add_model_arguments(p, asarm_revision="nlp_210k_plus_75k")
     p.add_argument("--data", default=default_data("wikitext-2-raw/wiki.test.raw"),
                    help="text file, or hf:wikitext:wikitext-2-raw-v1@test (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=512, help="packed chunk length (default: %(default)s)")
