@@ -337,9 +337,10 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, resume_step: int, wandb_id: str | None):
         self.path = run_dir / "metrics.jsonl"
-        if self.path.exists():  # drop rows a crashed run logged after its last checkpoint
-            rows = [r for r in self.path.read_text().splitlines() if r and json.loads(r)["step"] <= resume_step]
-            atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+        for path in (self.path, run_dir / "samples.jsonl"):
+            if path.exists():  # drop rows a crashed run logged after its last checkpoint
+                rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= resume_step]
+                atomic_write_text(path, "".join(r + "\n" for r in rows))
         self.tb = self.wandb = None
         if "tensorboard" in cfg.report_to:
             from torch.utils.tensorboard import SummaryWriter
