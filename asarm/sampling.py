@@ -185,7 +185,7 @@ class _Run:
     def __init__(self, model, input_ids, sigma, num_visible, generator, backend):
         self.model = model
         self.x = input_ids.clone()
-        self.sigma, self.m = sigma, num_visible
+        self.sigma = sigma
         self.order = order_to_pos(sigma)  # position of each rank, computed once
         self.n = num_visible.clone()
         self.N = input_ids.shape[1]
@@ -276,7 +276,7 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
     num_visible = torch.as_tensor(num_visible, device=input_ids.device) if not isinstance(num_visible, torch.Tensor) else num_visible
     model.check_inputs(input_ids, sigma, num_visible)
     input_ids, sigma, num_visible = (t.to(model.device, torch.long) for t in (input_ids, sigma, num_visible))
-    run = _Run(model, input_ids, sigma, num_visible.long(), generator, backend)
+    run = _Run(model, input_ids, sigma, num_visible, generator, backend)
     t_draft = float(temperature)
     t_oracle = t_draft if temperature_mode == "both" else 1.0
     {"sequential": _sequential, "assd": _assd, "ngram": _ngram}[method](run, k, t_draft, t_oracle, r_atol, bonus)

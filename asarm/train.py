@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import shutil

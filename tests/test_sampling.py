@@ -67,7 +67,7 @@ def test_bonus_token_saves_calls(tiny_model):
     kw = dict(method="assd", k=4, temperature=0.3)
     plain = asarm.sample(tiny_model, x, sigma, m, generator=torch.Generator().manual_seed(0), **kw)
     bonus = asarm.sample(tiny_model, x, sigma, m, bonus=True, generator=torch.Generator().manual_seed(0), **kw)
-    assert bonus.nfe.sum() <= plain.nfe.sum()
+    assert bonus.nfe.sum() < plain.nfe.sum()  # some rounds accept every draft and gain a token
     assert (bonus.nfe <= x.shape[1] - m).all()
 
 
