@@ -74,6 +74,12 @@ def load_model_and_tokenizer(args):
             tok_src = args.model if has_tok else "xlnet/xlnet-base-cased"
         tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
         model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
+    if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
+        from .evaluation.protocol import banned_ids_for
+        from .model import ASARM as _ASARM
+
+        code = bool(getattr(args, "code_whitespace", False) or getattr(args, "code", False))
+        model = _ASARM(model.xlnet, model.mask_token_id, banned_ids_for(args.banned, tokenizer, code))
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 

@@ -30,20 +30,8 @@ Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
   and the epoch, so a resumed stream yields exactly the chunks the
   uninterrupted one would have.
 
-Code whitespace (``encode_code_whitespace`` / ``decode_code_whitespace``):
-the XLNet sentencepiece tokenizer drops newlines, tabs and repeated spaces,
-so the paper mapped them to spare specials before tokenizing, in this order:
-newline -> ``<cls>``, tab -> ``<sep>``, two spaces -> ``<unk>``, three spaces
--> ``<pad>``. Because two spaces are replaced before three, the ``<pad>`` rule
-never fires (a run of ``s`` spaces becomes ``s // 2`` ``<unk>`` and, when
-``s`` is odd, one plain space); it is kept so that the mapping is the one the
-released ``code`` checkpoint was trained with, and decoding maps ``<pad>``
-back to three spaces. String level: ``decode(encode(t)) == t`` exactly iff
-``t`` contains none of the literal strings ``<cls>``, ``<sep>``, ``<unk>``,
-``<pad>`` (those decode to whitespace). Token level with the XLNet
-sentencepiece tokenizer (not testable offline; see the README) the
-remaining single spaces, text normalisation (NFKC) and out-of-vocabulary
-characters (which become ``<unk>`` = two spaces) can change.
+Code whitespace and the text codec (``make_encoder`` / ``decode_text``) live in
+``asarm.tokenizer`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -58,6 +46,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .tokenizer import (CODE_WHITESPACE, code_whitespace_ids, decode_code_whitespace, decode_text,  # noqa: F401
+                        encode_code_whitespace, make_encoder)
 
 
 def stdlib_texts(max_chars: int = 2_000_000, skip: int = 0, stride: int = 1) -> list[str]:
@@ -91,29 +82,6 @@ def stdlib_paths() -> list[Path]:
     files = sorted(p for p in root.glob("*.py") if p.is_file())
     files += sorted(p for p in root.glob("*/*.py") if p.is_file() and not {"test", "tests", "site-packages", "idlelib"} & set(p.parts))
     return files
-
-
-# ---------------------------------------------------------------------------- code whitespace
-CODE_WHITESPACE: tuple[tuple[str, str], ...] = (("\n", "<cls>"), ("\t", "<sep>"), ("  ", "<unk>"), ("   ", "<pad>"))
-
-
-def encode_code_whitespace(text: str) -> str:
-    """Map whitespace to XLNet's spare specials, rules applied in ``CODE_WHITESPACE`` order (module docstring)."""
-    for char, token in CODE_WHITESPACE:
-        text = text.replace(char, token)
-    return text
-
-
-def decode_code_whitespace(text: str) -> str:
-    """Inverse of ``encode_code_whitespace`` for text without literal ``<cls>``/``<sep>``/``<unk>``/``<pad>``."""
-    for char, token in CODE_WHITESPACE:
-        text = text.replace(token, char)
-    return text
-
-
-def code_whitespace_ids(tokenizer) -> list[int]:
-    """Ids of the four whitespace specials: a code model must be allowed to sample them."""
-    return [tokenizer.convert_tokens_to_ids(token) for _, token in CODE_WHITESPACE]
 
 
 # ---------------------------------------------------------------------------- sources
@@ -154,7 +122,7 @@ def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: b
     name = str(name)
     key = ALIASES.get(name, name)
     if key == "stdlib":
-        spec = DataSpec(name, "files", files=[str(p) for p in stdlib_paths()])
+        spec = DataSpec(name, "files", files=[str(p) for p in stdlib_paths()], code=True)
     elif key in HUB_DATASETS:
         entry = dict(HUB_DATASETS[key])
         spec = DataSpec(name, "hub", field=entry.pop("field"), code=entry.pop("code"), hub=entry)
@@ -238,22 +206,6 @@ def text_digest(text: str | None) -> str:
 def held_out_digests(spec: DataSpec, eval_docs: int) -> frozenset:
     """``text_digest`` of the held-out documents (reads them once)."""
     return frozenset(text_digest(r["text"]) for r in open_split(spec, "eval", eval_docs)) if eval_docs else frozenset()
-
-
-def make_encoder(tokenizer, code: bool, add_special_tokens: bool = False) -> Callable[[str], list[int]]:
-    """``text -> ids``: the code whitespace mapping (if ``code``), then the tokenizer."""
-
-    def encode(text: str) -> list[int]:
-        text = encode_code_whitespace(text) if code else text
-        return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-
-    return encode
-
-
-def decode_text(ids, tokenizer, code: bool) -> str:
-    """``ids -> text`` keeping special tokens, with the whitespace mapping undone when ``code``."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return decode_code_whitespace(text) if code else text
 
 
 # ---------------------------------------------------------------------------- packing

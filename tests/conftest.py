@@ -51,11 +51,26 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def local_tokenizer():
-    """Offline byte-level BPE tokenizer with XLNet's special ids (vocabulary 600)."""
+    """The offline XLNet-pipeline tokenizer (SentencePiece unigram, XLNet's specials at XLNet's ids,
+    ``XLNetTokenizerFast`` through transformers' converter; vocabulary 800), trained on the stdlib."""
     from asarm.data import stdlib_texts
     from asarm.tokenizer import build_local_tokenizer
 
-    return build_local_tokenizer(stdlib_texts(200_000), vocab_size=600)
+    return build_local_tokenizer(stdlib_texts(200_000), vocab_size=800)
+
+
+@pytest.fixture(scope="session")
+def slow_tokenizer(local_tokenizer):
+    """The slow ``XLNetTokenizer`` from the same SentencePiece model file as ``local_tokenizer``."""
+    from transformers import XLNetTokenizer
+
+    return XLNetTokenizer(local_tokenizer.vocab_file)
+
+
+@pytest.fixture(scope="session", params=["fast", "slow"])
+def both_tokenizers(request, local_tokenizer, slow_tokenizer):
+    """Each of the fast and slow XLNet-pipeline tokenizers (same model file, same ids)."""
+    return local_tokenizer if request.param == "fast" else slow_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -205,6 +205,9 @@ def finalize(out_dir: str | os.PathLike, runtime: dict | None = None, quiet: boo
     payload = {"evaluation": meta["evaluation"], "config": meta["config"], "num_units": len(meta["units"]),
                "results": results, "runtime": runtime or {}}
     atomic_write_json(out_dir / RESULTS_FILE, json.loads(json.dumps(payload, default=_json_default)))
+    protocol = meta["config"].get("protocol")
+    if protocol:
+        table += f"\n\nProtocol: `{protocol}` (settings in results.json's config)."
     atomic_write_text(out_dir / TABLE_FILE, table + "\n")
     if not quiet:
         print(table)
