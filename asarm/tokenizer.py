@@ -249,4 +249,6 @@ def lossy_reason(text: str, tokenizer, code: bool) -> str | None:
         return "normaliser: two quotes or backticks become \""
     if not mapped.isascii():
         return "normaliser: Unicode normalisation or accents"
+    if any(not c.isprintable() for c in mapped):
+        return "normaliser: a control character (carriage return, form feed, ...) becomes a space"
     return "a space that opens a segment (at the start or after a special token) is the segment marker"

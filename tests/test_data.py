@@ -40,12 +40,25 @@ def test_whitespace_mapping_does_not_round_trip_literal_specials():
         assert decode_code_whitespace(encode_code_whitespace(text)) != text
 
 
+# odd runs of spaces after a special token: the last space opens a Metaspace segment and is lost
+LOSSY = {"x = 1   # three spaces\n     y = 2  \n": "segment", " \n \t  \t   \n": "segment",
+         "if a:\r\n  b = '\\t'\n": "control character"}  # the normaliser turns \r into a space
+
+
 @pytest.mark.parametrize("text", CODE)
-def test_whitespace_mapping_round_trips_through_the_local_tokenizer(text, local_tokenizer):
-    ids = make_encoder(local_tokenizer, code=True)(text)
-    assert decode_text(ids, local_tokenizer, code=True) == text
+def test_whitespace_mapping_round_trips_through_the_xlnet_pipeline(text, both_tokenizers):
+    """Exact (fast and slow decode alike), except where the tokenizer cannot keep the text: then it is named."""
+    from asarm.tokenizer import lossy_reason
+
+    ids = make_encoder(both_tokenizers, code=True)(text)
+    back = decode_text(ids, both_tokenizers, code=True)
+    reason = lossy_reason(text, both_tokenizers, code=True)
+    if text in LOSSY:
+        assert back != text and LOSSY[text] in reason
+    else:
+        assert back == text and reason is None
     if "\n" in text:
-        assert local_tokenizer.convert_tokens_to_ids("<cls>") in ids
+        assert both_tokenizers.convert_tokens_to_ids("<cls>") in ids
 
 
 def test_resolve_dataset_errors(tmp_path):
@@ -136,12 +149,14 @@ def test_held_out_documents_never_reach_training(tmp_path, local_tokenizer):
     assert sorted(train) == sorted(docs[8:])
 
 
-def test_stdlib_source_is_offline_and_plain_text(local_tokenizer):
+def test_stdlib_source_is_offline_code_with_the_whitespace_mapping(local_tokenizer):
+    """The stdlib is Python: with the SentencePiece pipeline its newlines survive only through the mapping."""
     spec = resolve_dataset("stdlib")
-    assert not spec.code
-    stream = PackedStream(lambda: open_split(spec, "train", 3, 0, 2), make_encoder(local_tokenizer, False),
+    assert spec.code
+    stream = PackedStream(lambda: open_split(spec, "train", 3, 0, 2), make_encoder(local_tokenizer, spec.code),
                           local_tokenizer.eos_token_id, 32)
     x = stream.next_batch(4)
     assert x.shape == (4, 32)
-    text = decode_text(x.flatten().tolist(), local_tokenizer, False)
-    assert any(text.startswith(t[:20]) for t in stdlib_texts(10**9))
+    assert local_tokenizer.convert_tokens_to_ids("<cls>") in x.flatten().tolist()  # newlines became <cls>
+    text = decode_text(x.flatten().tolist(), local_tokenizer, spec.code)
+    assert "\n" in text and any(text.startswith(t[:20]) for t in stdlib_texts(10**9))
