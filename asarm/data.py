@@ -28,7 +28,9 @@ Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
 * Resume: ``PackedStream.state_dict()`` holds the source position (the
   ``datasets`` iterator state), the unused tokens of the current document
   and the epoch, so a resumed stream yields exactly the chunks the
-  uninterrupted one would have.
+  uninterrupted one would have; the state is right at every moment, also
+  right after a resume while the stream still serves its buffer (a checkpoint
+  written then keeps the loaded source position).
 
 Code whitespace and the text codec (``make_encoder`` / ``decode_text``) live in
 ``asarm.tokenizer`` and are re-exported here.

@@ -12,11 +12,19 @@ randomness seeded by ``(seed, step, s)`` (dropout included). A run's numbers
 therefore depend on ``num_slots``, not on how the slots are spread over
 processes, and a resumed run repeats the uninterrupted one bit for bit.
 
-Run directory (``output_dir``): ``config.yaml``, ``metrics.jsonl``,
-``samples.jsonl``, ``status.json``, ``checkpoints/step_XXXXXXXX/`` (a Hugging
-Face model + tokenizer directory plus ``training_state.pt``),
-``checkpoints/latest``, ``model/`` (the final model), ``tokenizer/`` (a
-locally built tokenizer) and ``tensorboard/`` when asked.
+Run directory (``output_dir``): ``config.yaml`` (the options in effect, plus
+``changes``: what each resume changed, at which step), ``metrics.jsonl``,
+``samples.jsonl``, ``status.json`` (``running``, ``done``, ``interrupted`` =
+saved after SIGTERM, requeue me; ``failed`` = an error, e.g. a non-finite loss),
+``checkpoints/step_XXXXXXXX/`` (a Hugging Face model + tokenizer directory plus
+``training_state.pt``, ``trainer_state.json`` and ``manifest.json``; see
+``asarm.checkpoint``), ``checkpoints/latest``, ``model/`` (the final model),
+``tokenizer/`` (a locally built tokenizer) and ``tensorboard/`` when asked.
+
+Resume (``--resume true|auto``) continues the newest checkpoint whose manifest
+verifies, setting damaged newer ones aside as ``damaged-step_X`` with a warning;
+options that define the run must equal the checkpoint's (``RESUME_MAY_CHANGE``
+lists the ones that may differ).
 """
 
 from __future__ import annotations
@@ -540,6 +548,7 @@ def _train(cfg: TrainConfig, stop: dict) -> Path:
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     num_slots = world * cfg.grad_accum
     max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
+    accelerator.wait_for_everyone()  # every process has verified the checkpoints before any is renamed
     if main:
         for note in search.notes:
             warnings.warn(note, CheckpointWarning, stacklevel=2)

@@ -51,9 +51,10 @@ train(TrainConfig.from_dict(cfg))
 """
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """One thread: faster for tiny models on shared cores, and the same arithmetic as the subprocesses."""
+    """One thread for the whole module, the module-scoped reference run included: faster for tiny models on
+    shared cores, and the same arithmetic in every run (the thread count changes float sums, so the weights)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
