@@ -105,7 +105,9 @@ def verify_checkpoint(directory: Path) -> str | None:
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
-        return f"{MANIFEST} is missing (the save did not finish)"
+        # (a save in progress lives in .tmp-step_X and gets its manifest before the rename to step_X)
+        return (f"{MANIFEST} is missing (deleted, or a checkpoint from before manifests: `python -m "
+                f"asarm.checkpoint adopt {directory}` writes one if you trust its files)")
     try:
         manifest = json.loads(path.read_text())
         step, files = int(manifest["step"]), manifest["files"]
@@ -259,3 +261,35 @@ def clean_temporaries(run_dir: Path) -> None:
     """Remove what interrupted saves and prunes left behind (``checkpoints/.tmp-*``)."""
     for tmp in (Path(run_dir) / "checkpoints").glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def adopt(directory: Path) -> dict:
+    """Write the manifest of a checkpoint saved before manifests existed (its files are trusted as they are).
+
+    Raises ``CheckpointError`` when the directory already has a manifest or lacks a ``REQUIRED`` file."""
+    directory = Path(directory)
+    match = STEP_DIR.match(directory.name)
+    if not match:
+        raise CheckpointError(f"'{directory}' is not a checkpoint directory (checkpoints/step_XXXXXXXX)")
+    if (directory / MANIFEST).exists():
+        raise CheckpointError(f"'{directory}' already has a {MANIFEST}; verify_checkpoint says: "
+                              f"{verify_checkpoint(directory) or 'intact'}")
+    return write_manifest(directory, int(match.group(1)))
+
+
+if __name__ == "__main__":  # python -m asarm.checkpoint adopt|verify DIR...
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] not in ("adopt", "verify"):
+        sys.exit("usage: python -m asarm.checkpoint adopt|verify CHECKPOINT_DIR...")
+    failed = False
+    for arg in sys.argv[2:]:
+        try:
+            if sys.argv[1] == "adopt":
+                adopt(Path(arg))
+            reason = verify_checkpoint(Path(arg))
+        except CheckpointError as exc:
+            reason = str(exc)
+        failed |= reason is not None
+        print(f"{arg}: {reason or 'intact'}")
+    sys.exit(1 if failed else 0)

@@ -517,16 +517,38 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) a run; returns its directory. Every check runs before the first step.
 
     SIGTERM, at any moment (start-up included), ends the run with a checkpoint of the current step and
-    status ``interrupted`` (what the launcher requeues); an error ends it with status ``failed``."""
+    status ``interrupted`` (what the launcher requeues); an error ends it with status ``failed``
+    (``record_failure``)."""
     stop = {"flag": False}  # installed first: a SIGTERM during start-up is acted on as soon as the state exists
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    # what _train has done so far, for the status an error leaves behind
+    progress = {"main": int(os.environ.get("RANK", "0")) == 0, "wrote_status": False, "step": None}
     try:
-        return _train(cfg, stop)
+        return _train(cfg, stop, progress)
+    except BaseException as exc:
+        record_failure(cfg, progress, exc)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _train(cfg: TrainConfig, stop: dict) -> Path:
+def record_failure(cfg: TrainConfig, progress: dict, exc: BaseException) -> None:
+    """Set ``status.json`` to ``failed`` (with the error), so that the launcher never requeues a run that
+    cannot go on (an ``interrupted`` left behind would be requeued forever). Only the main process, and only a
+    status this process wrote or that of the run it was asked to resume: never another run's."""
+    path = Path(cfg.output_dir) / "status.json"
+    if not progress["main"] or not (progress["wrote_status"] or (cfg.resume != "false" and path.is_file())):
+        return
+    status = _read_json(path)
+    if status.get("state") == "done" and not progress["wrote_status"]:
+        return  # a finished run stays finished: the refused attempt changed nothing in it
+    status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+    if progress["step"] is not None:
+        status["step"] = progress["step"]
+    atomic_write_json(path, status)
+
+
+def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, gather_object
     from transformers import get_linear_schedule_with_warmup
@@ -546,6 +568,7 @@ def _train(cfg: TrainConfig, stop: dict) -> Path:
     accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu, step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    progress["main"] = main
     num_slots = world * cfg.grad_accum
     max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
     accelerator.wait_for_everyone()  # every process has verified the checkpoints before any is renamed
@@ -597,10 +620,12 @@ def _train(cfg: TrainConfig, stop: dict) -> Path:
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][rank])
     saved_step = step if ckpt is not None else None  # the step of the newest checkpoint on disk
+    progress["step"] = step
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, cfg, step, changes)
         atomic_write_json(run_dir / "status.json", {"state": "running", "step": step, "checkpoint": saved_step})
+        progress["wrote_status"] = True
         clean_temporaries(run_dir)
         log = MetricsLog(run_dir, cfg, step, wandb_id)
         print(f"asarm train: {world} process(es) x {cfg.grad_accum} micro-batches x {cfg.batch_size} sequences x "
@@ -647,66 +672,61 @@ def _train(cfg: TrainConfig, stop: dict) -> Path:
     kill_sig, _, kill_step = cfg.debug_signal.partition("@")
     scaler_active = accelerator.scaler is not None
 
-    try:
+    stopping = stop_requested()
+    if stopping and saved_step != step:  # SIGTERM during start-up: the state exists now, save it
+        checkpoint()
+    while step < max_steps and not stopping:
+        t0 = time.perf_counter()
+        lo, hi = obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps)
+        losses = []
+        for micro, (slot, stream) in enumerate(zip(slots, streams)):
+            gen = obj.batch_generator(cfg.seed, step, slot)
+            torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # dropout: a function of (step, slot)
+            rate = obj.stratified_rate(lo, hi, slot, num_slots, gen)
+            b = obj.make_batch(stream.next_batch(cfg.batch_size), rate, plain.mask_token_id, objective=cfg.objective,
+                               order=cfg.order, visible_attention=cfg.visible_attention, generator=gen)
+            last = micro == len(slots) - 1
+            with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
+                dev = accelerator.device  # (the prepared model runs under autocast when mixed precision is on)
+                logits = model(b.input_ids.to(dev), b.perm_mask.to(dev), b.target_mapping.to(dev))
+                loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale)
+                accelerator.backward(loss / len(slots))
+            losses.append(loss.detach())
+        # max_norm=inf measures the norm without clipping (the gradients are multiplied by exactly 1)
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
+        step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        check_finite(step + 1, step_loss, grad_norm, scaler_active, scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        progress["step"] = step
         stopping = stop_requested()
-        if stopping and saved_step != step:  # SIGTERM during start-up: the state exists now, save it
-            checkpoint()
-        while step < max_steps and not stopping:
-            t0 = time.perf_counter()
-            lo, hi = obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps)
-            losses = []
-            for micro, (slot, stream) in enumerate(zip(slots, streams)):
-                gen = obj.batch_generator(cfg.seed, step, slot)
-                torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # dropout: a function of (step, slot)
-                rate = obj.stratified_rate(lo, hi, slot, num_slots, gen)
-                b = obj.make_batch(stream.next_batch(cfg.batch_size), rate, plain.mask_token_id, objective=cfg.objective,
-                                   order=cfg.order, visible_attention=cfg.visible_attention, generator=gen)
-                last = micro == len(slots) - 1
-                with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
-                    dev = accelerator.device  # (the prepared model runs under autocast when mixed precision is on)
-                    logits = model(b.input_ids.to(dev), b.perm_mask.to(dev), b.target_mapping.to(dev))
-                    loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale)
-                    accelerator.backward(loss / len(slots))
-                losses.append(loss.detach())
-            # max_norm=inf measures the norm without clipping (the gradients are multiplied by exactly 1)
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
-            step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-            check_finite(step + 1, step_loss, grad_norm, scaler_active, scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            stopping = stop_requested()
-            dt = time.perf_counter() - t0
-            elapsed += dt
-            tokens += cfg.batch_size * num_slots * cfg.seq_len
-            if main:
-                if step % cfg.log_steps == 0 or step == max_steps:
-                    log.log({"step": step, "kind": "train", "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                             "rate_min": lo, "rate_max": hi, "grad_norm": grad_norm,
-                             "tokens_per_s": cfg.batch_size * num_slots * cfg.seq_len / dt, "tokens": tokens,
-                             "elapsed_s": elapsed})
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{step_loss:.4f}", r=f"{lo:.2f}-{hi:.2f}")
-            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < max_steps:
-                run_eval()
-            if step % cfg.save_steps == 0 or step == max_steps or stopping:
-                checkpoint()
-            if kill_sig and step == int(kill_step):
-                os.kill(os.getpid(), getattr(signal, "SIG" + kill_sig))
-        # a SIGTERM during the last step's save: stop here too; the resumed run does the final evaluation
-        stopping = stopping or stop_requested()
-        if stopping and saved_step != step:
-            checkpoint()
-        if not stopping:
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        tokens += cfg.batch_size * num_slots * cfg.seq_len
+        if main:
+            if step % cfg.log_steps == 0 or step == max_steps:
+                log.log({"step": step, "kind": "train", "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                         "rate_min": lo, "rate_max": hi, "grad_norm": grad_norm,
+                         "tokens_per_s": cfg.batch_size * num_slots * cfg.seq_len / dt, "tokens": tokens,
+                         "elapsed_s": elapsed})
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", r=f"{lo:.2f}-{hi:.2f}")
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < max_steps:
             run_eval()
-            check_finite_parameters(plain, "the final model")
-    except BaseException as exc:
-        if main:  # not "running" (nobody is) and not "interrupted" (the launcher must not requeue a failure)
-            atomic_write_json(run_dir / "status.json", {"state": "failed", "step": step, "checkpoint": saved_step,
-                                                        "error": f"{type(exc).__name__}: {exc}"})
-        raise
+        if step % cfg.save_steps == 0 or step == max_steps or stopping:
+            checkpoint()
+        if kill_sig and step == int(kill_step):
+            os.kill(os.getpid(), getattr(signal, "SIG" + kill_sig))
+    # a SIGTERM during the last step's save: stop here too; the resumed run does the final evaluation
+    stopping = stopping or stop_requested()
+    if stopping and saved_step != step:
+        checkpoint()
+    if not stopping:
+        run_eval()
+        check_finite_parameters(plain, "the final model")
     checksums = gather_object([parameter_digest(plain)])
     if main:
         if bar:
