@@ -18,6 +18,10 @@ first, so a crash never leaves a half-deleted ``step_*`` directory.
 Reading (``find_checkpoint``): the newest ``step_*`` directory whose manifest
 verifies; every newer one is reported as damaged with the reason, so the
 trainer can rename it (``quarantine``) and warn.
+
+``python -m asarm.checkpoint verify DIR...`` checks checkpoints by hand;
+``python -m asarm.checkpoint adopt DIR...`` writes the manifest of a checkpoint
+saved before manifests existed.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def write_run_config(run_dir: Path, cfg: TrainConfig, step: int, changes: dict) 
             history = (yaml.safe_load(path.read_text()) or {}).get("changes") or []
         except (yaml.YAMLError, AttributeError):
             history = []
-    history = [h for h in history if isinstance(h, dict) and int(h.get("step", -1)) < step]
+    history = [h for h in history if isinstance(h, dict) and isinstance(h.get("step"), int) and h["step"] < step]
     recorded = {name: {"from": old, "to": new} for name, (old, new) in changes.items() if name not in NOT_RECORDED}
     if recorded:
         history.append({"step": step, **recorded})
