@@ -274,7 +274,7 @@ class PackedStream:
         return torch.tensor([self.next_chunk() for _ in range(batch_size)], dtype=torch.long)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly here (pickle-able), valid at any moment: also right after
+        """Everything needed to continue exactly here (JSON-able), valid at any moment: also right after
         ``load_state_dict`` while the stream still serves its buffer (``source`` is then the loaded position;
         None means the start of the epoch)."""
         source = self.dataset.state_dict() if self._iter is not None else self._source
