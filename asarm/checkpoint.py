@@ -244,16 +244,16 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     atomic_write_json(tmp / "trainer_state.json", {k: state[k] for k in ("step", "elapsed", "tokens", "config")})
     write_manifest(tmp, step)
     if final.exists():
-        _remove(final)
+        remove_checkpoint(final)
     os.replace(tmp, final)
     _fsync(root)
     atomic_write_text(root / "latest", name + "\n")
     for old in step_dirs(run_dir)[:-keep_last]:
-        _remove(old)
+        remove_checkpoint(old)
     return final
 
 
-def _remove(directory: Path) -> None:
+def remove_checkpoint(directory: Path) -> None:
     """Delete a checkpoint directory: renamed away first, so that no half-deleted ``step_*`` ever exists."""
     doomed = directory.with_name(f".tmp-delete-{directory.name}")
     shutil.rmtree(doomed, ignore_errors=True)

@@ -203,7 +203,7 @@ def test_chain_of_interruptions_repeats_the_uninterrupted_run_bitwise(corpus, re
 
 def test_sigterm_during_startup_of_a_resumed_run_stays_resumable(corpus, reference, tmp_path, monkeypatch):
     run = _copy(reference, tmp_path)
-    ck._remove(run / "checkpoints" / "step_00000008")  # as if killed after step 7's save
+    ck.remove_checkpoint(run / "checkpoints" / "step_00000008")  # as if killed after step 7's save
     (run / "checkpoints" / "latest").write_text("step_00000007\n")
     _term_during_startup(monkeypatch)
     train(TrainConfig.from_dict(_cfg(corpus, run, resume="auto")))
@@ -264,7 +264,7 @@ def test_damaged_newest_checkpoint_falls_back_and_still_matches_bitwise(corpus, 
 @pytest.mark.parametrize("kind", ["delete", "garbage", "stale"])
 def test_a_missing_or_wrong_latest_pointer_does_not_matter(corpus, reference, tmp_path, kind):
     run = _copy(reference, tmp_path)
-    ck._remove(run / "checkpoints" / f"step_{MAX_STEPS:08d}")  # the newest intact one is now step 7
+    ck.remove_checkpoint(run / "checkpoints" / f"step_{MAX_STEPS:08d}")  # the newest intact one is now step 7
     pointer = run / "checkpoints" / "latest"
     if kind == "delete":
         pointer.unlink()
