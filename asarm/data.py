@@ -28,7 +28,9 @@ Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
 * Resume: ``PackedStream.state_dict()`` holds the source position (the
   ``datasets`` iterator state), the unused tokens of the current document
   and the epoch, so a resumed stream yields exactly the chunks the
-  uninterrupted one would have.
+  uninterrupted one would have; the state is right at every moment, also
+  right after a resume while the stream still serves its buffer (a checkpoint
+  written then keeps the loaded source position).
 
 Code whitespace and the text codec (``make_encoder`` / ``decode_text``) live in
 ``asarm.tokenizer`` and are re-exported here.
@@ -36,6 +38,7 @@ Code whitespace and the text codec (``make_encoder`` / ``decode_text``) live in
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import os
@@ -228,8 +231,14 @@ class PackedStream:
         self.epoch, self.docs, self.kept, self.buffer = 0, 0, 0, []
         self._new_epoch_dataset()
 
-    def _new_epoch_dataset(self):
+    def _new_epoch_dataset(self, source: dict | None = None):
+        """A fresh dataset for this epoch, positioned at ``source`` (a ``datasets`` state; None: the start)."""
         self.dataset = self.make_dataset()
+        if source is not None:
+            self.dataset.load_state_dict(source)
+        # Until the iterator is created the dataset has not moved, so its position is still ``source``:
+        # state_dict() must report that (not "the start") however many checkpoints are written meanwhile.
+        self._source = source
         self._iter = None
 
     def next_document(self) -> str:
@@ -265,12 +274,17 @@ class PackedStream:
         return torch.tensor([self.next_chunk() for _ in range(batch_size)], dtype=torch.long)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly here (JSON/pickle-able)."""
+        """Everything needed to continue exactly here (JSON-able), valid at any moment: also right after
+        ``load_state_dict`` while the stream still serves its buffer (``source`` is then the loaded position;
+        None means the start of the epoch)."""
+        source = self.dataset.state_dict() if self._iter is not None else self._source
         return {"epoch": self.epoch, "docs": self.docs, "kept": self.kept, "buffer": list(self.buffer),
-                "source": self.dataset.state_dict() if self._iter is not None else None}
+                "source": copy.deepcopy(source)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` (from ``state_dict``) was taken."""
+        missing = {"epoch", "docs", "kept", "buffer", "source"} - set(state)
+        if missing:
+            raise ValueError(f"not a PackedStream state: missing {sorted(missing)}")
         self.epoch, self.docs, self.kept, self.buffer = state["epoch"], state["docs"], state["kept"], list(state["buffer"])
-        self._new_epoch_dataset()
-        if state["source"] is not None:
-            self.dataset.load_state_dict(state["source"])
+        self._new_epoch_dataset(copy.deepcopy(state["source"]))

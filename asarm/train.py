@@ -12,11 +12,19 @@ randomness seeded by ``(seed, step, s)`` (dropout included). A run's numbers
 therefore depend on ``num_slots``, not on how the slots are spread over
 processes, and a resumed run repeats the uninterrupted one bit for bit.
 
-Run directory (``output_dir``): ``config.yaml``, ``metrics.jsonl``,
-``samples.jsonl``, ``status.json``, ``checkpoints/step_XXXXXXXX/`` (a Hugging
-Face model + tokenizer directory plus ``training_state.pt``),
-``checkpoints/latest``, ``model/`` (the final model), ``tokenizer/`` (a
-locally built tokenizer) and ``tensorboard/`` when asked.
+Run directory (``output_dir``): ``config.yaml`` (the options in effect, plus
+``changes``: what each resume changed, at which step), ``metrics.jsonl``,
+``samples.jsonl``, ``status.json`` (``running``, ``done``, ``interrupted`` =
+saved after SIGTERM, requeue me; ``failed`` = an error, e.g. a non-finite loss),
+``checkpoints/step_XXXXXXXX/`` (a Hugging Face model + tokenizer directory plus
+``training_state.pt``, ``trainer_state.json`` and ``manifest.json``; see
+``asarm.checkpoint``), ``checkpoints/latest``, ``model/`` (the final model),
+``tokenizer/`` (a locally built tokenizer) and ``tensorboard/`` when asked.
+
+Resume (``--resume true|auto``) continues the newest checkpoint whose manifest
+verifies, setting damaged newer ones aside as ``damaged-step_X`` with a warning;
+options that define the run must equal the checkpoint's (``RESUME_MAY_CHANGE``
+lists the ones that may differ).
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +50,8 @@ import yaml
 from . import objective as obj
 from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_digests, make_encoder, open_split,
                    resolve_dataset, stdlib_texts)
+from .checkpoint import (CheckpointError, CheckpointSearch, CheckpointWarning, clean_temporaries,  # noqa: F401
+                         describe, find_checkpoint, latest_checkpoint, quarantine, save_checkpoint)
 from .utils import atomic_write_json, atomic_write_text
 
 
@@ -134,6 +145,7 @@ class TrainConfig:
             values = yaml.safe_load(Path(path).read_text()) or {}
             if not isinstance(values, dict):
                 raise ValueError(f"config file '{path}' must hold a mapping of options")
+        values.pop("changes", None)  # a run directory's config.yaml: the history of resumes, not an option
         return cls.from_dict({**values, **(overrides or {})})
 
     def to_yaml(self) -> str:
@@ -192,8 +204,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("eval_steps and eval_docs must be >= 0")
     if cfg.max_steps < 0 or (cfg.max_steps == 0 and cfg.train_sequences < 1):
         raise ValueError("set max_steps > 0 or train_sequences > 0")
-    if cfg.lr <= 0:
-        raise ValueError(f"lr must be positive, got {cfg.lr}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {cfg.lr}")
     unknown = set(cfg.report_to) - {"tensorboard", "wandb"}
     if unknown:
         raise ValueError(f"report_to accepts tensorboard and wandb, got {sorted(unknown)}")
@@ -206,30 +218,110 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"debug_signal must look like KILL@5 or TERM@5, got '{cfg.debug_signal}'")
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run directory, or None."""
-    root = run_dir / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / "training_state.pt").is_file():
-            return candidate
-    done = sorted(p for p in root.glob("step_*") if (p / "training_state.pt").is_file())
-    return done[-1] if done else None
+# Settings a resumed run may change; every other option defines the run (model, data, seq_len, batch, seed,
+# objective, schedule, numerics) and must equal the checkpoint's. New options are run-defining until listed
+# here. grad_accum may change only with the number of processes, so that the slots (processes x grad_accum)
+# stay the same; train() checks that. Changing max_steps / train_sequences re-stretches the linear lr decay
+# from the resume step on (the schedule's horizon is the run's length).
+RESUME_MAY_CHANGE = frozenset({
+    "output_dir", "resume", "max_steps", "train_sequences", "grad_accum", "save_steps", "keep_last", "log_steps",
+    "eval_steps", "eval_rates", "eval_batches", "sample_rows", "sample_rate", "sample_k", "report_to",
+    "wandb_project", "progress", "debug_signal"})
+# Changes that say how this process starts or where the run lives, not what it is: not recorded in config.yaml.
+NOT_RECORDED = frozenset({"resume", "debug_signal", "output_dir"})
 
 
-def check_run_dir(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from (or None); raises if ``output_dir`` holds another run."""
+def config_differences(saved: dict, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Compare the config a checkpoint was written with to the one a resume asks for.
+
+    Args:
+        saved: ``dataclasses.asdict`` of the checkpoint's config (options it predates count as their defaults;
+            options it has that no longer exist are ignored).
+    Returns:
+        ``(refused, allowed)``: ``{name: (saved value, new value)}`` of the differing run-defining options and
+        of the differing options in ``RESUME_MAY_CHANGE``.
+    """
+    defaults = dataclasses.asdict(TrainConfig())
+    now = dataclasses.asdict(cfg)
+    refused, allowed = {}, {}
+    for name, value in now.items():
+        old = saved.get(name, defaults[name])
+        if old != value:
+            (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (old, value)
+    return refused, allowed
+
+
+def check_resume_config(cfg: TrainConfig, ckpt: Path) -> dict:
+    """Refuse a resume whose run-defining settings differ from checkpoint ``ckpt``'s (one line per difference);
+    returns the allowed changes ``{name: (old, new)}``."""
+    saved = json.loads((ckpt / "trainer_state.json").read_text())["config"]
+    refused, allowed = config_differences(saved, cfg)
+    if refused:
+        lines = "\n".join(f"  {name}: {old!r} in the run, {new!r} now" for name, (old, new) in refused.items())
+        raise ValueError(f"cannot resume '{cfg.output_dir}' from {ckpt.name} with different settings that define "
+                         f"the run:\n{lines}\nresume with the run's values (its config.yaml holds them) or train into "
+                         f"a new --output_dir; options a resume may change: {', '.join(sorted(RESUME_MAY_CHANGE))}")
+    return allowed
+
+
+def check_run_dir(cfg: TrainConfig) -> CheckpointSearch:
+    """Where to resume from (``.checkpoint``, None: from scratch) and the damaged checkpoints to set aside.
+
+    Raises ``ValueError`` (``CheckpointError``) when ``output_dir`` holds another run and resume is false, when
+    --resume true finds no intact checkpoint, and when --resume auto finds a run that wrote checkpoints of which
+    none is intact: such a run is never restarted over silently. A run that stopped before its first checkpoint
+    (nothing to lose) restarts from step 0 with a warning.
+    """
     run_dir = Path(cfg.output_dir)
-    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    holds_run = (run_dir / "config.yaml").exists() or ckpt is not None
+    search = find_checkpoint(run_dir) if run_dir.is_dir() else CheckpointSearch()
+    holds_run = any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
     if cfg.resume == "false" and holds_run:
         raise ValueError(f"output_dir '{run_dir}' holds another run; pass --resume auto (or true) to continue it, "
                          "or choose a new --output_dir")
-    if cfg.resume == "true" and ckpt is None:
-        raise ValueError(f"--resume true but '{run_dir}' has no checkpoint to continue")
-    return ckpt
+    if search.checkpoint is None and cfg.resume == "true":
+        raise CheckpointError(f"--resume true but '{run_dir}' has no intact checkpoint to continue\n"
+                              + describe(search, run_dir))
+    if search.checkpoint is None and holds_run:
+        status = _read_json(run_dir / "status.json")
+        if search.ever_saved or status.get("checkpoint") is not None:
+            raise CheckpointError(
+                f"--resume {cfg.resume}: '{run_dir}' holds a run that wrote checkpoints, but none is intact, so it "
+                f"can neither continue nor be restarted over:\n{describe(search, run_dir)}\n"
+                "move the directory away (or restore a checkpoint) and start again, or choose a new --output_dir")
+        warnings.warn(f"'{run_dir}' holds a run that stopped before its first checkpoint; starting it again "
+                      "from step 0", CheckpointWarning, stacklevel=2)
+    return search
 
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or ``{}`` when it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_run_config(run_dir: Path, cfg: TrainConfig, step: int, changes: dict) -> None:
+    """``config.yaml``: the options in effect plus ``changes``, the history of what resumes changed.
+
+    ``changes`` entries are ``{step: N, option: {from: old, to: new}, ...}``; entries from an earlier attempt
+    at or after ``step`` (a run that crashed before its next checkpoint) are replaced."""
+    path = run_dir / "config.yaml"
+    history = []
+    if path.is_file():
+        try:
+            history = (yaml.safe_load(path.read_text()) or {}).get("changes") or []
+        except (yaml.YAMLError, AttributeError):
+            history = []
+    history = [h for h in history if isinstance(h, dict) and isinstance(h.get("step"), int) and h["step"] < step]
+    recorded = {name: {"from": old, "to": new} for name, (old, new) in changes.items() if name not in NOT_RECORDED}
+    if recorded:
+        history.append({"step": step, **recorded})
+    text = cfg.to_yaml()
+    if history:
+        text += yaml.safe_dump({"changes": history}, sort_keys=False)
+    atomic_write_text(path, text)
 
 # ---------------------------------------------------------------------------- model
 def load_model_and_tokenizer(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
@@ -309,26 +401,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep_last: int) -> Path:
-    """Write ``checkpoints/step_XXXXXXXX`` atomically (a temporary directory renamed into place),
-    point ``checkpoints/latest`` at it and delete all but the newest ``keep_last``."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
-    tmp, final = root / f".tmp-{name}", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, tokenizer, atomic=False)  # HF model + tokenizer, with the AS-ARM's ids in config.json
-    torch.save(state, tmp / "training_state.pt")
-    atomic_write_json(tmp / "trainer_state.json", {k: state[k] for k in ("step", "elapsed", "tokens", "config")})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_text(root / "latest", name + "\n")
-    for old in sorted(root.glob("step_*"))[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 class MetricsLog:
@@ -416,8 +488,67 @@ def evaluate(model, eval_x: torch.Tensor, cfg: TrainConfig, tokenizer, code: boo
 
 
 # ---------------------------------------------------------------------------- training
+class TrainingDiverged(ValueError):
+    """A non-finite loss, gradient norm or parameter: training stops before the bad update is applied or saved.
+
+    (A ValueError, so the command line prints it without a traceback; status.json says ``failed``.)"""
+
+
+def check_finite(step: int, loss: float, grad_norm: float, scaler_active: bool, lr: float) -> None:
+    """Raise ``TrainingDiverged`` when optimizer step ``step`` saw a non-finite loss, or a non-finite gradient
+    norm that no fp16 GradScaler is there to absorb (the scaler skips such steps and lowers its scale)."""
+    if math.isfinite(loss) and (math.isfinite(grad_norm) or scaler_active):
+        return
+    raise TrainingDiverged(
+        f"step {step}: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} (loss {loss}, gradient "
+        f"norm {grad_norm}, lr {lr:.3g}); stopped before applying the update, so the last checkpoint is the last "
+        "good state. Train into a new --output_dir with a lower --lr (or check the data)")
+
+
+def check_finite_parameters(model, where: str) -> None:
+    """Raise ``TrainingDiverged`` rather than save a model with a non-finite parameter."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise TrainingDiverged(f"refusing to save {where}: non-finite values in {len(bad)} parameter(s), "
+                               f"e.g. {bad[:3]}; train into a new --output_dir with a lower --lr")
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) a run; returns its directory. Every check runs before the first step."""
+    """Train (or resume) a run; returns its directory. Every check runs before the first step.
+
+    SIGTERM, at any moment (start-up included), ends the run with a checkpoint of the current step and
+    status ``interrupted`` (what the launcher requeues); an error ends it with status ``failed``
+    (``record_failure``)."""
+    stop = {"flag": False}  # installed first: a SIGTERM during start-up is acted on as soon as the state exists
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    # what _train has done so far, for the status an error leaves behind
+    progress = {"main": int(os.environ.get("RANK", "0")) == 0, "wrote_status": False, "step": None}
+    try:
+        return _train(cfg, stop, progress)
+    except BaseException as exc:
+        record_failure(cfg, progress, exc)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def record_failure(cfg: TrainConfig, progress: dict, exc: BaseException) -> None:
+    """Set ``status.json`` to ``failed`` (with the error), so that the launcher never requeues a run that
+    cannot go on (an ``interrupted`` left behind would be requeued forever). Only the main process, and only a
+    status this process wrote or that of the run it was asked to resume: never another run's."""
+    path = Path(cfg.output_dir) / "status.json"
+    if not progress["main"] or not (progress["wrote_status"] or (cfg.resume != "false" and path.is_file())):
+        return
+    status = _read_json(path)
+    if status.get("state") == "done" and not progress["wrote_status"]:
+        return  # a finished run stays finished: the refused attempt changed nothing in it
+    status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+    if progress["step"] is not None:
+        status["step"] = progress["step"]
+    atomic_write_json(path, status)
+
+
+def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, gather_object
     from transformers import get_linear_schedule_with_warmup
@@ -425,7 +556,9 @@ def train(cfg: TrainConfig) -> Path:
     check_config(cfg)
     code_ws = None if cfg.code_whitespace == "auto" else cfg.code_whitespace == "true"
     spec = resolve_dataset(cfg.dataset, cfg.text_field or None, code_ws)
-    ckpt = check_run_dir(cfg)
+    search = check_run_dir(cfg)
+    ckpt = search.checkpoint
+    changes = check_resume_config(cfg, ckpt) if ckpt is not None else {}
     run_dir = Path(cfg.output_dir)
 
     precision = cfg.mixed_precision
@@ -435,8 +568,16 @@ def train(cfg: TrainConfig) -> Path:
     accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu, step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    progress["main"] = main
     num_slots = world * cfg.grad_accum
     max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
+    accelerator.wait_for_everyone()  # every process has verified the checkpoints before any is renamed
+    if main:
+        for note in search.notes:
+            warnings.warn(note, CheckpointWarning, stacklevel=2)
+        for directory, reason in search.damaged:  # newer than the checkpoint resumed: set aside, kept for inspection
+            quarantine(directory, reason)
+    accelerator.wait_for_everyone()
 
     model, tokenizer = load_model_and_tokenizer(cfg, spec, ckpt, accelerator)
     limit = min(cfg.model_max_len, tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else 1 << 30)
@@ -467,6 +608,9 @@ def train(cfg: TrainConfig) -> Path:
             raise ValueError(f"the checkpoint was written with {state['num_slots']} slots (processes x grad_accum); "
                              f"this run has {num_slots}: keep processes x grad_accum the same to resume")
         step, elapsed, tokens, wandb_id = state["step"], state["elapsed"], state["tokens"], state.get("wandb_id")
+        if step > max_steps:
+            raise ValueError(f"the checkpoint is at step {step}, past max_steps={max_steps}: raise max_steps "
+                             "(or train_sequences) to continue")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.scaler is not None and state.get("scaler"):
@@ -475,19 +619,24 @@ def train(cfg: TrainConfig) -> Path:
             stream.load_state_dict(state["data"][s])
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][rank])
+    saved_step = step if ckpt is not None else None  # the step of the newest checkpoint on disk
+    progress["step"] = step
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        atomic_write_json(run_dir / "status.json", {"state": "running", "step": step})
-        for tmp in (run_dir / "checkpoints").glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_run_config(run_dir, cfg, step, changes)
+        atomic_write_json(run_dir / "status.json", {"state": "running", "step": step, "checkpoint": saved_step})
+        progress["wrote_status"] = True
+        clean_temporaries(run_dir)
         log = MetricsLog(run_dir, cfg, step, wandb_id)
         print(f"asarm train: {world} process(es) x {cfg.grad_accum} micro-batches x {cfg.batch_size} sequences x "
               f"{cfg.seq_len} tokens, {max_steps} steps, lr {lr:.3g}, precision {precision}, "
-              f"{'resuming at step ' + str(step) if ckpt else 'fresh start'}; frozen (unused): {len(frozen)} tensors",
+              f"{'resuming at step ' + str(step) + ' from ' + ckpt.name if ckpt else 'fresh start'}"
+              f"{'; changed: ' + ', '.join(changes) if changes else ''}; frozen (unused): {len(frozen)} tensors",
               file=sys.stderr)
 
     def checkpoint():
+        nonlocal saved_step
+        check_finite_parameters(plain, f"checkpoint step {step}")
         per_rank = gather_object([{"data": {s: st.state_dict() for s, st in zip(slots, streams)}, "rng": rng_state()}])
         if main:
             state = {"step": step, "elapsed": elapsed, "tokens": tokens, "num_slots": num_slots,
@@ -498,6 +647,8 @@ def train(cfg: TrainConfig) -> Path:
                      "rate_range": obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps),
                      "config": dataclasses.asdict(cfg)}
             save_checkpoint(run_dir, step, plain, tokenizer, state, cfg.keep_last)
+            atomic_write_json(run_dir / "status.json", {"state": "running", "step": step, "checkpoint": step})
+        saved_step = step
         accelerator.wait_for_everyone()
 
     def run_eval():
@@ -508,16 +659,23 @@ def train(cfg: TrainConfig) -> Path:
                 f.write(json.dumps({"step": step, "samples": samples}) + "\n")
         accelerator.wait_for_everyone()
 
-    stop = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    def stop_requested() -> bool:
+        """Whether any process got SIGTERM (all processes agree, so they stop at the same step)."""
+        flag = torch.tensor(float(stop["flag"]), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum") > 0)
+
     bar = None
     if main and cfg.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=max_steps, initial=step, desc="train", dynamic_ncols=True)
     kill_sig, _, kill_step = cfg.debug_signal.partition("@")
+    scaler_active = accelerator.scaler is not None
 
-    while step < max_steps:
+    stopping = stop_requested()
+    if stopping and saved_step != step:  # SIGTERM during start-up: the state exists now, save it
+        checkpoint()
+    while step < max_steps and not stopping:
         t0 = time.perf_counter()
         lo, hi = obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps)
         losses = []
@@ -534,20 +692,23 @@ def train(cfg: TrainConfig) -> Path:
                 loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale)
                 accelerator.backward(loss / len(slots))
             losses.append(loss.detach())
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        # max_norm=inf measures the norm without clipping (the gradients are multiplied by exactly 1)
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
+        step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        check_finite(step + 1, step_loss, grad_norm, scaler_active, scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-        stop["flag"] = bool(accelerator.reduce(torch.tensor(float(stop["flag"]), device=accelerator.device), "sum") > 0)
+        progress["step"] = step
+        stopping = stop_requested()
         dt = time.perf_counter() - t0
         elapsed += dt
         tokens += cfg.batch_size * num_slots * cfg.seq_len
         if main:
             if step % cfg.log_steps == 0 or step == max_steps:
                 log.log({"step": step, "kind": "train", "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                         "rate_min": lo, "rate_max": hi, "grad_norm": None if grad_norm is None else float(grad_norm),
+                         "rate_min": lo, "rate_max": hi, "grad_norm": grad_norm,
                          "tokens_per_s": cfg.batch_size * num_slots * cfg.seq_len / dt, "tokens": tokens,
                          "elapsed_s": elapsed})
             if bar:
@@ -555,24 +716,26 @@ def train(cfg: TrainConfig) -> Path:
                 bar.set_postfix(loss=f"{step_loss:.4f}", r=f"{lo:.2f}-{hi:.2f}")
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step < max_steps:
             run_eval()
-        if step % cfg.save_steps == 0 or step == max_steps or stop["flag"]:
+        if step % cfg.save_steps == 0 or step == max_steps or stopping:
             checkpoint()
-        if stop["flag"]:
-            break
         if kill_sig and step == int(kill_step):
             os.kill(os.getpid(), getattr(signal, "SIG" + kill_sig))
-
-    if not stop["flag"]:
+    # a SIGTERM during the last step's save: stop here too; the resumed run does the final evaluation
+    stopping = stopping or stop_requested()
+    if stopping and saved_step != step:
+        checkpoint()
+    if not stopping:
         run_eval()
-    signal.signal(signal.SIGTERM, previous_handler)
+        check_finite_parameters(plain, "the final model")
     checksums = gather_object([parameter_digest(plain)])
     if main:
         if bar:
             bar.close()
-        if not stop["flag"]:
+        if not stopping:
             plain.save_pretrained(run_dir / "model", tokenizer)
-        status = {"state": "interrupted" if stop["flag"] else "done", "step": step, "max_steps": max_steps,
-                  "world_size": world, "param_checksums": checksums, "ranks_identical": len(set(checksums)) == 1}
+        status = {"state": "interrupted" if stopping else "done", "step": step, "max_steps": max_steps,
+                  "checkpoint": saved_step, "world_size": world, "param_checksums": checksums,
+                  "ranks_identical": len(set(checksums)) == 1}
         atomic_write_json(run_dir / "status.json", status)
         log.close()
         print(f"asarm train: {status['state']} at step {step}; run directory {run_dir}", file=sys.stderr)

@@ -1,8 +1,8 @@
-"""The trainer: tiny runs, 2-process equivalence, bitwise resume after SIGKILL, SIGTERM, bad input."""
+"""The trainer: tiny runs, 2-process equivalence, SIGTERM, bad input (resume chains, damaged checkpoints,
+config drift and non-finite losses: test_train_resume.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,20 +96,6 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path, reference_
         assert ddp[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6)
 
 
-def test_sigkill_then_resume_repeats_every_later_loss_bitwise(tmp_path, reference_run):
-    run = tmp_path / "killed"
-    out = _cli(tmp_path, ["--output_dir", str(run), "--debug_signal", "KILL@5"])
-    assert out.returncode == -signal.SIGKILL
-    resumed_from = int(latest_checkpoint(run).name.split("_")[1])
-    assert resumed_from == 3
-    out = _cli(tmp_path, ["--output_dir", str(run), "--resume", "auto"])
-    assert out.returncode == 0, out.stderr[-3000:]
-    got, ref = _losses(run), _losses(reference_run)
-    assert got.keys() == ref.keys()
-    for step in range(resumed_from + 1, 7):
-        assert got[step] == ref[step], step  # bitwise: same floats
-
-
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     run = train(_cfg(tmp_path, save_steps=100, debug_signal="TERM@2"))
     status = json.loads((run / "status.json").read_text())
@@ -123,6 +109,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, local_tokenizer, monkeypatch):
     state = {"step": 1, "elapsed": 0.0, "tokens": 0, "config": {}}
     first = save_checkpoint(tmp_path, 1, tiny_model, local_tokenizer, state, keep_last=3)
+    manifest = json.loads((first / "manifest.json").read_text())["files"]
+    assert {"model.safetensors", "training_state.pt", "config.json", "spiece.model"} <= set(manifest)
     saved = json.loads((first / "config.json").read_text())
     assert saved["asarm_mask_token_id"] == tiny_model.mask_token_id and "asarm_banned_token_ids" in saved
 
@@ -159,7 +147,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_model):
     (dict(min_rate=0.9, max_rate=0.8), "above max_rate"),
     (dict(batch_size=0), "batch_size must be at least 1"),
     (dict(objective="diffusion"), "objective must be one of"),
-    (dict(resume="true"), "no checkpoint"),
+    (dict(resume="true"), "no intact checkpoint"),
 ])
 def test_bad_input_fails_before_training(tmp_path, change, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
