@@ -133,6 +133,10 @@ def test_resume_and_shards_give_the_same_numbers(tiny_model_dir, wiki_subset, tm
 
 
 # ---------------------------------------------------------------------------- infill-nlp
+def _config(out):
+    return json.loads((Path(out) / "config.json").read_text())["config"]
+
+
 def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
     from asarm.evaluation.metrics import rouge_f1
 
@@ -142,12 +146,39 @@ def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
                  "--method", "sequential", "--output-dir", str(out), *FAST]) == 0
     res = _results(out)["results"]
     assert set(res) == {"middle", "long"} and res["middle"]["n"] == 4
+    cfg = _config(out)  # asarm's protocol, resolved before anything ran
+    assert (cfg["protocol"], cfg["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == ("asarm", 5, "specials", "mean", True)
+    assert res["middle"]["rouge_aggregate"] == "mean" and res["middle"]["rouge1"] == res["middle"]["rouge1_mean"]
     records = [r for rs in _samples(out).values() for r in rs]
     for r in records:
         assert rouge_f1(r["generated"], r["reference"]) == {k: r[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_mean")}
         assert r["nfe"] == r["num_masked"]  # sequential: one call per masked token
     mid = [r for r in records if r["setting"] == "middle"][0]
     assert mid["reference"].startswith("It wasn't long") and mid["suffix"].endswith("He is happy now.")
+
+
+def test_infill_nlp_oracle_under_the_paper_protocol(tiny_model_dir, shared_data, tmp_path):
+    """--protocol paper: k 10, only <mask> banned, bootstrap mid without stemmer, all recorded; oracle = 100."""
+    out = tmp_path / "paper"
+    data = shared_data / "rocstories" / "cloze_test_val__spring2016.csv"
+    assert main(["infill-nlp", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "6", "--trials", "2",
+                 "--method", "oracle", "--protocol", "paper", "--output-dir", str(out), *FAST]) == 0
+    cfg = _config(out)
+    assert (cfg["protocol"], cfg["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == ("paper", 10, "mask", "bootstrap", False)
+    assert _results(out)["config"]["rouge"] == "bootstrap"
+    for setting in ("middle", "long"):
+        r = _results(out)["results"][setting]
+        assert r["n"] == 6 and r["rouge_aggregate"] == "bootstrap"
+        assert r["rouge_mean"] == r["rouge_mean_bootstrap"] == pytest.approx(100.0) == r["rouge_mean_mean"]
+    table = (out / "results.md").read_text()
+    assert "Protocol: `paper`" in table and "without stemmer" in table and "bootstrap mid" in table
+    # an option given explicitly wins over the protocol and is what config.json records
+    out2 = tmp_path / "override"
+    assert main(["infill-nlp", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "2", "--trials", "1",
+                 "--method", "oracle", "--protocol", "paper", "--rouge", "mean", "--rouge-stemmer", "--k", "3",
+                 "--output-dir", str(out2), *FAST]) == 0
+    cfg = _config(out2)
+    assert (cfg["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == (3, "mask", "mean", True)
 
 
 # ---------------------------------------------------------------------------- infill-code
@@ -190,9 +221,24 @@ def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
 def test_density_lambada_and_hellaswag(tiny_model_dir, shared_data, tmp_path):
     out = tmp_path / "lambada"
     assert main(["density", "--task", "lambada", "--model", str(tiny_model_dir), "--limit", "3", "--output-dir", str(out),
-                 "--data", str(shared_data / "lambada" / "lambada_test_plain_text.txt"), *FAST]) == 0
+                 "--max-length", "96", "--data", str(shared_data / "lambada" / "lambada_test_plain_text.txt"), *FAST]) == 0
     res = _results(out)["results"]
     assert res["n"] == 3 and 0 <= res["accuracy"] <= 100 and res["target_logp_mean"] < 0
+    assert res["accuracy_kind"] == "greedy" and res["accuracy"] == res["accuracy_greedy"] and "accuracy_sampled" in res
+    assert (_config(out)["density_logits"], _config(out)["lambada"]) == ("banned", "greedy")
+    recs = [r for rs in _samples(out).values() for r in rs]
+    assert all(1 <= r["nfe"] <= r["target_tokens"] for r in recs)
+
+    paper = tmp_path / "lambada-paper"
+    assert main(["density", "--task", "lambada", "--model", str(tiny_model_dir), "--limit", "3", "--output-dir",
+                 str(paper), "--max-length", "96", "--protocol", "paper",
+                 "--data", str(shared_data / "lambada" / "lambada_test_plain_text.txt"), *FAST]) == 0
+    cfg, res = _config(paper), _results(paper)["results"]
+    assert (cfg["protocol"], cfg["density_logits"], cfg["lambada"], cfg["k"]) == ("paper", "raw", "sampled", 10)
+    assert res["accuracy_kind"] == "sampled" and res["accuracy"] == res["accuracy_sampled"]
+    # raw logits give the banned ids some mass, so the word's log-likelihood can only go down
+    banned = {r["id"]: r["logp"] for rs in _samples(out).values() for r in rs}
+    assert all(r["logp"] <= banned[r["id"]] + 1e-4 for rs in _samples(paper).values() for r in rs)
 
     rows = [{"ind": i, "activity_label": "Baking", "ctx_a": "A woman puts flour in a bowl.", "ctx_b": "she",
              "endings": ["mixes it with eggs.", "drives a car [title] away.", "sings.", "sleeps on the floor."],
@@ -205,6 +251,8 @@ def test_density_lambada_and_hellaswag(tiny_model_dir, shared_data, tmp_path):
     recs = [r for rs in _samples(out).values() for r in rs]
     assert len(recs) == 3 and all(len(r["scores"]) == 4 and max(r["scores"]) < 0 for r in recs)
     assert recs[0]["scores"] == recs[1]["scores"]  # same text, same scores (deterministic)
+    assert all(r["pred"] == max(range(4), key=r["scores"].__getitem__) for r in recs)
+    assert _results(out)["results"]["paper_script_acc"] == 0.0  # no item labelled 3
 
 
 def test_hellaswag_scores_are_joint_log_probs(tiny_model, local_tokenizer):
@@ -213,7 +261,7 @@ def test_hellaswag_scores_are_joint_log_probs(tiny_model, local_tokenizer):
     from asarm.evaluation.density import joint_logp, masked_block_scores
 
     ctx = local_tokenizer("def f(x):", add_special_tokens=False)["input_ids"]
-    tgt = local_tokenizer(" return x", add_special_tokens=False)["input_ids"]
+    tgt = local_tokenizer("return x", add_special_tokens=False)["input_ids"]
     lp, _ = masked_block_scores(tiny_model, ctx, tgt)
     assert joint_logp(tiny_model, ctx, tgt) == pytest.approx(lp, abs=1e-4)
     assert lp < 0 and torch.isfinite(torch.tensor(lp))
@@ -297,6 +345,7 @@ def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path
         shared_data / "rocstories" / "cloze_test_val__spring2016.csv"), "TRIALS": "1", "EXTRA_ARGS":
         "--threads 1 --no-progress --limit 2", "OUT": str(tmp_path / "n")}, tmp_path)
     assert set(res["results"]) == {"middle", "long"}
+    assert (res["config"]["protocol"], res["config"]["k"], res["config"]["rouge"]) == ("paper", 10, "bootstrap")
     res = _launch("_run_code_infill_eval.sh", {"METHOD": "canonical", "DATA_DIR": str(shared_data / "human-eval-infilling"),
                   "BENCHMARK": "random-span-light", "EXTRA_ARGS": "--limit 3 --no-progress", "OUT": str(tmp_path / "c")},
                   tmp_path)

@@ -106,6 +106,53 @@ def test_rouge_equals_rouge_score(stemmer):
         assert ours["rouge_mean"] == pytest.approx(sum(100 * theirs[k].fmeasure for k in theirs) / 3)
 
 
+def test_rouge_precision_recall_by_hand_on_an_asymmetric_pair():
+    """Prediction longer than the reference: precision and recall differ, so swapping them fails."""
+    scores = metrics.rouge_scores("The cat sat on the mat.", "the cat sat", use_stemmer=False)
+    # unigrams: 3 of the prediction's 6 match, all 3 of the reference's; bigrams: 2 of 5, 2 of 2; LCS 3
+    for key, (p, r) in {"rouge1": (3 / 6, 3 / 3), "rouge2": (2 / 5, 2 / 2), "rougeL": (3 / 6, 3 / 3)}.items():
+        assert scores[key] == pytest.approx((100 * p, 100 * r, 100 * 2 * p * r / (p + r)))
+    f1 = metrics.rouge_f1("The cat sat on the mat.", "the cat sat", use_stemmer=False)
+    assert f1["rouge1"] == pytest.approx(100 * 2 / 3) and f1["rouge2"] == pytest.approx(100 * 4 / 7)
+
+
+def test_rouge_stemmer_on_and_off_by_hand():
+    """Porter stemming (tokens longer than 3 characters): dogs -> dog, running/runs -> run."""
+    pred, ref = "The dogs were running.", "The dog runs."
+    assert metrics.rouge_scores(pred, ref, use_stemmer=False)["rouge1"] == pytest.approx(
+        (100 / 4, 100 / 3, 100 * 2 * (1 / 4) * (1 / 3) / (1 / 4 + 1 / 3)))  # only "the" matches
+    assert metrics.rouge_scores(pred, ref, use_stemmer=True)["rouge1"] == pytest.approx(
+        (100 * 3 / 4, 100.0, 100 * 2 * (3 / 4) / (3 / 4 + 1)))  # the, dog, run
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_rouge_bootstrap_is_rouge_scores_aggregator_mid(seed):
+    """``rouge_bootstrap`` = evaluate's rouge: BootstrapAggregator() defaults, mid F1, x 100 (seeded)."""
+    from rouge_score import rouge_scorer, scoring
+
+    pairs = [("The cat sat on the mat.", "A cat was sitting on the mat."),
+             ("She baked brownies for the party.", "She decided to bake a batch of brownies."),
+             ("", "Nothing generated."), ("running runs ran", "He runs and running."),
+             ("He went home.", "He went home."), ("Tom lost his keys at the park.", "Tom found his keys.")]
+    # evaluate's rouge: four types (rougeLsum last, so it does not move the others' draws), no stemmer
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+    aggregator = scoring.BootstrapAggregator()
+    for pred, ref in pairs:
+        aggregator.add_scores(scorer.score(ref, pred))
+    np.random.seed(seed)
+    theirs = aggregator.aggregate()
+    before = np.random.get_state()[1].copy()
+    ours = metrics.rouge_bootstrap([metrics.rouge_scores(p, r, use_stemmer=False) for p, r in pairs], seed=seed)
+    assert (np.random.get_state()[1] == before).all()  # the caller's RNG is left as it was
+    for key in metrics.ROUGE_TYPES:
+        for bound in ("low", "mid", "high"):
+            assert ours[key][bound] == pytest.approx(100 * getattr(theirs[key], bound).fmeasure, abs=1e-9)
+    assert ours["rouge_mean"]["mid"] == pytest.approx(sum(ours[k]["mid"] for k in metrics.ROUGE_TYPES) / 3)
+    assert ours["rouge1"]["low"] < ours["rouge1"]["mid"] < ours["rouge1"]["high"]
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.rouge_bootstrap([])
+
+
 def test_judge_must_be_causal():
     from transformers import BertConfig, GPT2Config, T5Config, XLNetConfig
 

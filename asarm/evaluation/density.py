@@ -1,15 +1,30 @@
 """Density-estimation side tasks (spec section 6, last bullet): LAMBADA and HellaSwag.
 
-* ``lambada``: each passage's last word is masked (as many masks as its
-  tokens); exact match = every target token is the argmax of its conditional
-  given the context and the target tokens before it (greedy decoding of the
-  word, computed in ONE joint-mask forward pass, like GPT-2's LAMBADA
-  accuracy). Also reported: the mean log-likelihood of the word.
+* ``lambada``: each passage's last word is the target. Context and target are
+  encoded each on its own (the target's opening ``▁`` is the space before it),
+  so the masked positions are exactly the target word's tokens of the passage.
+  Two accuracies, both always reported (``--lambada`` picks the headline):
+
+  - ``sampled`` (the paper's): the target's tokens masked, sampled with ASSD
+    at T = 1, decoded in context; correct when the stripped string equals the
+    stripped target word;
+  - ``greedy``: every target token is the argmax of its conditional given the
+    context and the target tokens before it (ONE joint-mask forward pass, like
+    GPT-2's LAMBADA accuracy).
+
+  Also reported: the mean log-likelihood of the word.
 * ``hellaswag``: each of the four endings is scored by the AS-ARM's joint
   log-likelihood ``model.joint_log_prob`` of the ending given the context
   (visible = context, sorted order); ``acc`` picks the highest sum, ``acc_norm``
   the highest sum per byte of the ending (lm-eval-harness's convention).
-  Text preprocessing as in lm-eval-harness.
+  Text preprocessing as in lm-eval-harness. Under both protocols the best
+  ending is scored: the paper's released script compares the label with its
+  loop variable instead (always the last ending, 3), so its number is the
+  share of items labelled 3, reported here as ``paper_script_acc``.
+
+The distribution (scores and LAMBADA samples) is set by ``--density-logits``:
+``banned`` = the model's log-softmax with its banned ids removed (asarm),
+``raw`` = log-softmax with only ``<mask>`` removed (the paper's).
 """
 
 from __future__ import annotations
@@ -18,9 +33,12 @@ import re
 from pathlib import Path
 
 from .metrics import mean_se
+from .protocol import add_protocol_argument, apply_protocol
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_jsonl, read_text, require_fields
 
+LAMBADA_ACCURACIES = ("sampled", "greedy")
+DENSITY_LOGITS = ("banned", "raw")
 DEFAULT_DATA = {"lambada": default_data("lambada/lambada_test_plain_text.txt"),
                 "hellaswag": default_data("hellaswag/hellaswag_val.jsonl")}
 
@@ -110,20 +128,71 @@ def truncate_left(context: list[int], target_len: int, max_length: int) -> list[
     return context[-room:]
 
 
-def score_lambada(item: dict, model, tokenizer, max_length: int) -> dict:
-    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    target = enc(" " + item["target"])
-    context = truncate_left(enc(item["context"]), len(target), max_length)
-    logp, match = masked_block_scores(model, context, target)
-    return {"id": item["id"], "target": item["target"], "correct": match, "logp": logp, "target_tokens": len(target)}
+def density_model(model, logits: str):
+    """The model whose ``log_probs`` score the density tasks: ``banned`` = ``model`` itself
+    (its banned ids get ``-inf``), ``raw`` = the same network with only ``<mask>`` banned."""
+    if logits not in DENSITY_LOGITS:
+        raise ValueError(f"--density-logits must be one of {', '.join(DENSITY_LOGITS)}, not {logits!r}")
+    if logits == "banned":
+        return model
+    return model.allowing([i for i in model.banned_token_ids if i != model.mask_token_id])
 
 
-def score_hellaswag(item: dict, model, tokenizer, max_length: int) -> dict:
-    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+def lambada_inputs(item: dict, encode, mask_id: int, max_length: int) -> dict:
+    """``{"context", "target", "ids"}``: the passage's ids with the target word's tokens masked.
+
+    ``encode = make_encoder(tokenizer, False)``; the context is cut from the
+    left to fit ``max_length``; ``ids = context + [mask_id] * len(target)``.
+    """
+    target = encode(item["target"])
+    if not target:
+        raise ValueError(f"{item['id']}: the target word {item['target']!r} encodes to no token")
+    context = truncate_left(encode(item["context"]), len(target), max_length)
+    return {"context": context, "target": target, "ids": context + [mask_id] * len(target)}
+
+
+def sample_target(model, tokenizer, inputs: dict, k: int, generator) -> tuple[str, int]:
+    """``(text, nfe)``: the masked target sampled with ASSD at T = 1, decoded as it reads in context."""
+    import torch
+
+    from ..orders import infill_order
+    from ..sampling import sample
+    from ..tokenizer import decode_text
+    from .infill_nlp import opens_segment
+
+    ids = torch.tensor([inputs["ids"]], device=model.device)
+    sigma, m = infill_order(ids, model.mask_token_id)
+    out = sample(model, ids, sigma, m, method="assd", k=k, temperature=1.0, generator=generator)
+    start = len(inputs["context"])
+    text = decode_text(out.sequences[0, start:].tolist(), tokenizer, False,
+                       starts_segment=opens_segment(inputs["context"], tokenizer))
+    return text, int(out.nfe[0])
+
+
+def score_lambada(item: dict, seed: int, model, tokenizer, cfg: dict) -> dict:
+    """Sampled and greedy exact match and ``log p(target | context)`` of one passage."""
+    import torch
+
+    from ..tokenizer import make_encoder
+
+    inputs = lambada_inputs(item, make_encoder(tokenizer, False), model.mask_token_id, cfg["max_length"])
+    logp, greedy = masked_block_scores(model, inputs["context"], inputs["target"])
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    sampled, nfe = sample_target(model, tokenizer, inputs, cfg["k"], g)
+    return {"id": item["id"], "target": item["target"], "sampled": sampled,
+            "correct_sampled": sampled.strip() == item["target"].strip(), "correct_greedy": greedy,
+            "logp": logp, "target_tokens": len(inputs["target"]), "nfe": nfe}
+
+
+def score_hellaswag(item: dict, seed: int, model, tokenizer, cfg: dict) -> dict:
+    """Joint log-likelihood of each ending; ``pred`` / ``pred_norm`` = the best ending (sum / per byte)."""
+    from ..tokenizer import make_encoder
+
+    encode = make_encoder(tokenizer, False)
     scores = []
     for ending in item["endings"]:
-        target = enc(" " + ending)
-        scores.append(joint_logp(model, truncate_left(enc(item["context"]), len(target), max_length), target))
+        target = encode(ending)  # its opening "▁" is the space after the context
+        scores.append(joint_logp(model, truncate_left(encode(item["context"]), len(target), cfg["max_length"]), target))
     norm = [s / max(1, len((" " + e).encode())) for s, e in zip(scores, item["endings"])]
     pick, pick_norm = max(range(len(scores)), key=scores.__getitem__), max(range(len(norm)), key=norm.__getitem__)
     return {"id": item["id"], "label": item["label"], "scores": scores, "pred": pick, "pred_norm": pick_norm,
@@ -133,34 +202,50 @@ def score_hellaswag(item: dict, model, tokenizer, max_length: int) -> dict:
 def run(args) -> int:
     from ..cli import load_model_and_tokenizer
 
+    apply_protocol(args, {"k": "infill_k"})  # first: config.json records the resolved values
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
     source = args.data or DEFAULT_DATA[args.task]
     items = load_lambada(source) if args.task == "lambada" else load_hellaswag(source)
     units = [Unit(it["id"], it) for it in items]
     scorer = score_lambada if args.task == "lambada" else score_hellaswag
+    cfg = {"k": args.k, "max_length": args.max_length}
 
     def make_process():
         model, tokenizer = load_model_and_tokenizer(args)
-        return lambda unit, seed: [scorer(unit.payload, model, tokenizer, args.max_length)]
+        model = density_model(model, args.density_logits)
+        return lambda unit, seed: [scorer(unit.payload, seed, model, tokenizer, cfg)]
 
     run_evaluation("density", args, units, make_process)
     return 0
 
 
 def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, str]:
+    """LAMBADA: sampled and greedy accuracy (headline ``accuracy`` = ``config["lambada"]``'s) and
+    the word's log p; HellaSwag: acc, acc_norm and ``paper_script_acc`` (share labelled 3, module docstring)."""
     task = config["task"]
+    pct = lambda xs: tuple(100 * v for v in mean_se([float(x) for x in xs]))  # noqa: E731
     if task == "lambada":
-        acc, logp = mean_se([float(r["correct"]) for r in records]), mean_se([r["logp"] for r in records])
-        results = {"n": len(records), "accuracy": 100 * acc[0], "accuracy_se": 100 * acc[1],
-                   "target_logp_mean": logp[0], "target_logp_se": logp[1]}
-        table = markdown_table(["task", "n", "exact match (%)", "last-word log p"],
-                               [["LAMBADA", len(records), pm(100 * acc[0], 100 * acc[1]), pm(*logp, 3)]])
+        headline = config.get("lambada") or "greedy"
+        acc = {a: pct(r[f"correct_{a}"] for r in records) for a in LAMBADA_ACCURACIES}
+        logp = mean_se([r["logp"] for r in records])
+        results = {"n": len(records), "accuracy_kind": headline, "accuracy": acc[headline][0],
+                   "accuracy_se": acc[headline][1], "target_logp_mean": logp[0], "target_logp_se": logp[1],
+                   "nfe_mean": mean_se([r["nfe"] for r in records])[0],
+                   **{f"accuracy_{a}": acc[a][0] for a in LAMBADA_ACCURACIES},
+                   **{f"accuracy_{a}_se": acc[a][1] for a in LAMBADA_ACCURACIES}}
+        order = [headline] + [a for a in LAMBADA_ACCURACIES if a != headline]
+        table = markdown_table(["task", "n"] + [f"{a} exact match (%)" for a in order] + ["last-word log p"],
+                               [["LAMBADA", len(records)] + [pm(*acc[a]) for a in order] + [pm(*logp, 3)]])
     else:
-        acc, norm = mean_se([float(r["correct"]) for r in records]), mean_se([float(r["correct_norm"]) for r in records])
-        results = {"n": len(records), "acc": 100 * acc[0], "acc_se": 100 * acc[1], "acc_norm": 100 * norm[0],
-                   "acc_norm_se": 100 * norm[1]}
-        table = markdown_table(["task", "n", "acc (%)", "acc_norm (%)"],
-                               [["HellaSwag", len(records), pm(100 * acc[0], 100 * acc[1]), pm(100 * norm[0], 100 * norm[1])]])
-    return results, f"Density task {task}, model {config.get('model')} ({config.get('revision')})\n\n{table}"
+        acc, norm = pct(r["correct"] for r in records), pct(r["correct_norm"] for r in records)
+        paper = pct(r["label"] == 3 for r in records)
+        results = {"n": len(records), "acc": acc[0], "acc_se": acc[1], "acc_norm": norm[0], "acc_norm_se": norm[1],
+                   "paper_script_acc": paper[0]}
+        table = markdown_table(["task", "n", "acc (%)", "acc_norm (%)", "paper script's number (% labelled 3)"],
+                               [["HellaSwag", len(records), pm(*acc), pm(*norm), f"{paper[0]:.2f}"]])
+    return results, (f"Density task {task}, model {config.get('model')} ({config.get('revision')}), "
+                     f"density logits {config.get('density_logits')}\n\n{table}")
 
 
 def register(sub) -> None:
@@ -174,5 +259,14 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="local file or hf:NAME[:CONFIG][@SPLIT]; default: "
                    f"{DEFAULT_DATA['lambada']} / {DEFAULT_DATA['hellaswag']} (or hf:Rowan/hellaswag@validation)")
     p.add_argument("--max-length", type=int, default=512, help="context cut from the left (default: %(default)s)")
+    add_protocol_argument(p)
+    p.add_argument("--lambada", default=None, choices=list(LAMBADA_ACCURACIES),
+                   help="headline LAMBADA accuracy: sampled (ASSD at T = 1, stripped strings compared) or greedy; "
+                        "both are reported (default: from --protocol)")
+    p.add_argument("--density-logits", default=None, choices=list(DENSITY_LOGITS),
+                   help="banned: log-softmax without the model's banned ids; raw: only <mask> removed "
+                        "(default: from --protocol)")
+    p.add_argument("--k", type=int, default=None, help="ASSD draft length of the sampled LAMBADA word "
+                   "(speed only; default: from --protocol)")
     add_run_arguments(p, "outputs/density")
     p.set_defaults(func=run)

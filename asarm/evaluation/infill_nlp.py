@@ -5,23 +5,38 @@ Each story is sentences 1-4 plus its right ending (sentence 5). Two settings:
 * ``middle``: prompt = sentences 1-2, suffix = 4-5, infill sentence 3;
 * ``long``: prompt = sentence 1, suffix = sentence 5, infill sentences 2-4.
 
-The number of masked tokens is the ground-truth middle's token count. One unit
-= one (setting, story); its ``--trials`` samples are the rows of one batch.
-Reported: ROUGE-1/2/L F1 x 100 and their mean (``rouge-score``) between each
-generated middle and the true one, NFE statistics; all samples in the JSONL.
+Prompt, middle and suffix are encoded each on its own, as the paper does: the
+``▁`` that opens each part is the space between the parts, so the ids are those
+of the whole story. The number of masked tokens is the true middle's token
+count. One unit = one (setting, story); its ``--trials`` samples are the rows
+of one batch. ``--method oracle`` writes the true middle's tokens where the
+samples would go (the pipeline's self-check: ROUGE 100 unless the tokenizer's
+normaliser changed the text). The generated middle is decoded in context
+(``decode_text``), so ``prompt + generated + " " + suffix`` is the story text.
+
+Reported per setting (all trials and stories pooled): ROUGE-1/2/L F1 x 100
+and their average (``rouge-score``), aggregated both ways: ``mean`` (mean of
+the per-sample F1 with its standard error, asarm's) and ``bootstrap``
+(``evaluate``'s rouge: bootstrap mid F1, the paper's); ``--rouge`` picks the
+headline columns, the other aggregate is reported beside it. NFE statistics;
+every sample in the JSONL.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from .metrics import ROUGE_TYPES, mean_se, rouge_f1
+from .metrics import ROUGE_AGGREGATES, ROUGE_TYPES, mean_se, rouge_bootstrap, rouge_scores
+from .protocol import add_protocol_argument, apply_protocol
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_csv, require_fields
 
 SETTINGS = {"middle": (2, 3), "long": (1, 4)}  # (prompt sentences, first suffix sentence) over sentences 0..4
 FIELDS = ["InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
           "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"]
+METHODS = ("sequential", "assd", "ngram", "oracle")
+ROUGE_KEYS = list(ROUGE_TYPES) + ["rouge_mean"]
 
 
 def load_stories(source: str) -> list[dict]:
@@ -39,7 +54,7 @@ def load_stories(source: str) -> list[dict]:
 
 
 def split_story(sentences: list[str], setting: str) -> tuple[str, str, str]:
-    """``(prompt, middle, suffix)`` texts of a five-sentence story."""
+    """``(prompt, middle, suffix)`` texts of a five-sentence story (sentences joined by one space)."""
     a, b = SETTINGS[setting]
     return " ".join(sentences[:a]), " ".join(sentences[a:b]), " ".join(sentences[b:])
 
@@ -49,48 +64,106 @@ def build_units(stories: list[dict], settings: list[str]) -> list[Unit]:
     return [Unit(f"{s}/{st['id']}", {"setting": s, "story": st}) for st in stories for s in settings]
 
 
-def encode_story(prompt: str, middle: str, suffix: str, tokenizer, max_length: int) -> dict:
-    """Ids of ``prompt + masks + suffix`` with as many masks as ``middle`` has tokens."""
-    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    p, m, s = enc(prompt), enc(" " + middle), enc(" " + suffix)
+def encode_story(prompt: str, middle: str, suffix: str, encode, mask_id: int, max_length: int) -> dict:
+    """Ids of ``prompt + masks + suffix`` with as many masks as ``middle`` has tokens.
+
+    Each part is encoded on its own (``encode = make_encoder(tokenizer, False)``):
+    its opening ``▁`` stands for the space that joins it to the part before.
+    Returns ``{"prefix", "middle", "suffix", "ids"}`` (lists of ids).
+    """
+    p, m, s = encode(prompt), encode(middle), encode(suffix)
+    if not m:
+        raise ValueError(f"the middle {middle!r} encodes to no token: nothing to infill")
     if len(p) + len(m) + len(s) > max_length:
         raise ValueError(f"story needs {len(p) + len(m) + len(s)} tokens, more than the model allows "
                          f"(--max-length {max_length})")
-    return {"prefix": p, "num_masked": len(m), "ids": p + [tokenizer.mask_token_id] * len(m) + s}
+    return {"prefix": p, "middle": m, "suffix": s, "ids": p + [mask_id] * len(m) + s}
+
+
+def opens_segment(prefix: list[int], tokenizer) -> bool:
+    """True when text after ``prefix`` opens a Metaspace segment: ``prefix`` is empty or ends with an added token.
+
+    Then the first ``▁`` of the middle is the segment marker (dropped on decode);
+    otherwise it is the space that separates the middle from the prompt.
+    """
+    from ..tokenizer import _added_ids
+
+    return not prefix or int(prefix[-1]) in _added_ids(tokenizer)
+
+
+def fill_middles(ids, sigma, m, enc: dict, model, cfg: dict, generator):
+    """``(sequences (B, N) list, nfe list)``: the masked block sampled by ``cfg["method"]``,
+    or for ``oracle`` the true middle written in place of the samples (no network call)."""
+    if cfg["method"] == "oracle":
+        start, n = len(enc["prefix"]), len(enc["middle"])
+        rows = ids.clone()
+        rows[:, start:start + n] = rows.new_tensor(enc["middle"])
+        return rows.tolist(), [0] * rows.shape[0]
+    from ..sampling import sample
+
+    out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"],
+                 generator=generator)
+    return out.sequences.tolist(), out.nfe.tolist()
 
 
 def process_story(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
-    """``--trials`` infills of one (setting, story), scored with ROUGE."""
+    """``--trials`` infills of one (setting, story), each scored with ROUGE against the true middle.
+
+    ``model`` may be ``None`` for ``--method oracle``. Each record's ``generated``
+    is the middle as it reads in context (with the space that joins it to the
+    prompt); rouge-score's tokenizer ignores that space.
+    """
     import torch
 
     from ..orders import infill_order
-    from ..sampling import sample
+    from ..tokenizer import decode_text, make_encoder
 
     setting, story = unit.payload["setting"], unit.payload["story"]
     prompt, middle, suffix = split_story(story["sentences"], setting)
-    enc = encode_story(prompt, middle, suffix, tokenizer, cfg["max_length"])
-    ids = torch.tensor([enc["ids"]] * cfg["trials"], device=model.device)
-    g = torch.Generator(device=model.device).manual_seed(seed)
-    sigma, m = infill_order(ids, model.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
-    out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"], generator=g)
-    start = len(enc["prefix"])
+    enc = encode_story(prompt, middle, suffix, make_encoder(tokenizer, False), tokenizer.mask_token_id,
+                       cfg["max_length"])
+    device = model.device if model is not None else "cpu"
+    ids = torch.tensor([enc["ids"]] * cfg["trials"], device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    sigma, m = infill_order(ids, tokenizer.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
+    sequences, nfes = fill_middles(ids, sigma, m, enc, model, cfg, g)
+    start, n, first = len(enc["prefix"]), len(enc["middle"]), opens_segment(enc["prefix"], tokenizer)
     records = []
-    for t, (row, nfe) in enumerate(zip(out.sequences.tolist(), out.nfe.tolist())):
-        generated = tokenizer.decode(row[start:start + enc["num_masked"]], skip_special_tokens=True).strip()
+    for t, (row, nfe) in enumerate(zip(sequences, nfes)):
+        # specials kept as text (the paper's decode); under --banned specials none is ever sampled
+        generated = decode_text(row[start:start + n], tokenizer, False, starts_segment=first)
+        scores = rouge_scores(generated, middle, cfg["rouge_stemmer"])
         records.append({"id": story["id"], "setting": setting, "trial": t, "prompt": prompt, "suffix": suffix,
-                        "reference": middle, "generated": generated, "nfe": nfe, "num_masked": enc["num_masked"],
-                        **rouge_f1(generated, middle, cfg["use_stemmer"])})
+                        "reference": middle, "generated": generated, "nfe": nfe, "num_masked": n,
+                        **score_fields(scores)})
     return records
+
+
+def score_fields(scores: dict[str, tuple[float, float, float]]) -> dict[str, float]:
+    """A record's ROUGE fields from ``rouge_scores``: ``rouge1`` (F1), ``rouge1_p``, ``rouge1_r``, ..., ``rouge_mean``."""
+    out = {}
+    for t, (p, r, f) in scores.items():
+        out.update({t: f, f"{t}_p": p, f"{t}_r": r})
+    out["rouge_mean"] = sum(scores[t][2] for t in ROUGE_TYPES) / len(ROUGE_TYPES)
+    return out
+
+
+def record_scores(record: dict) -> dict[str, tuple[float, float, float]]:
+    """Inverse of ``score_fields``: the ``rouge_scores`` dict a record holds."""
+    return {t: (record[f"{t}_p"], record[f"{t}_r"], record[t]) for t in ROUGE_TYPES}
 
 
 def run(args) -> int:
     from ..cli import load_model_and_tokenizer
 
-    stories = load_stories(args.data)
+    apply_protocol(args, {"k": "infill_k"})  # first: config.json records the resolved values
     if args.trials < 1:
         raise ValueError("--trials must be >= 1")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    stories = load_stories(args.data)
     units = build_units(stories, args.settings)
-    cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "trials", "max_length", "use_stemmer")}
+    cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "trials", "max_length", "rouge_stemmer")}
 
     def make_process():
         model, tokenizer = load_model_and_tokenizer(args)
@@ -100,20 +173,55 @@ def run(args) -> int:
     return 0
 
 
+def summarize_setting(records: list[dict], seed: int) -> dict:
+    """Both ROUGE aggregates of one setting's records (all trials and stories pooled) and NFE.
+
+    Keys: ``n``; ``{key}_mean`` / ``{key}_se`` (mean and SE over samples) and
+    ``{key}_bootstrap`` / ``_low`` / ``_high`` (``rouge_bootstrap`` mid and 95%
+    bounds) for ``key`` in rouge1, rouge2, rougeL, rouge_mean; ``nfe_mean`` /
+    ``nfe_se``; ``num_masked_mean``.
+    """
+    out = {"n": len(records)}
+    for k in ROUGE_KEYS + ["nfe"]:
+        out[f"{k}_mean"], out[f"{k}_se"] = mean_se([r[k] for r in records])
+    boot = rouge_bootstrap([record_scores(r) for r in records], seed=seed)
+    for k in ROUGE_KEYS:
+        out[f"{k}_bootstrap"] = boot[k]["mid"]
+        out[f"{k}_bootstrap_low"], out[f"{k}_bootstrap_high"] = boot[k]["low"], boot[k]["high"]
+    out["num_masked_mean"] = mean_se([r["num_masked"] for r in records])[0]
+    return out
+
+
+def rouge_cell(stats: dict, key: str, aggregate: str) -> str:
+    """``mean +- SE`` or the bootstrap ``mid``, as a table cell."""
+    if aggregate == "mean":
+        return pm(stats[f"{key}_mean"], stats[f"{key}_se"])
+    return f"{stats[f'{key}_bootstrap']:.2f}"
+
+
 def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, str]:
-    """Per setting: mean/SE of ROUGE-1/2/L/mean and NFE."""
-    keys = list(ROUGE_TYPES) + ["rouge_mean", "nfe"]
+    """Per setting: both ROUGE aggregates (``summarize_setting``); the headline is ``config["rouge"]``'s.
+
+    ``results[setting]["rouge1"]`` etc. hold the headline figures; the table
+    shows them and the other aggregate's average.
+    """
+    headline = config.get("rouge") or "mean"
+    other = next(a for a in ROUGE_AGGREGATES if a != headline)
+    seed = int(config.get("seed") or 0)
     results, rows = {}, []
     for setting in dict.fromkeys(r["setting"] for r in records):
-        rs = [r for r in records if r["setting"] == setting]
-        stats = {k: mean_se([r[k] for r in rs]) for k in keys}
-        results[setting] = {"n": len(rs), **{f"{k}_mean": v[0] for k, v in stats.items()},
-                            **{f"{k}_se": v[1] for k, v in stats.items()},
-                            "num_masked_mean": mean_se([r["num_masked"] for r in rs])[0]}
-        rows.append([setting, len(rs)] + [pm(*stats[k]) for k in keys])
-    table = markdown_table(["setting", "samples", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE mean", "NFE"], rows)
+        stats = summarize_setting([r for r in records if r["setting"] == setting], seed)
+        stats.update({"rouge_aggregate": headline, **{k: stats[f"{k}_{headline}"] for k in ROUGE_KEYS}})
+        results[setting] = stats
+        rows.append([setting, stats["n"]] + [rouge_cell(stats, k, headline) for k in ROUGE_KEYS]
+                    + [rouge_cell(stats, "rouge_mean", other), pm(stats["nfe_mean"], stats["nfe_se"])])
+    names = {"mean": "mean +- SE", "bootstrap": "bootstrap mid"}
+    table = markdown_table(["setting", "samples", "ROUGE-1", "ROUGE-2", "ROUGE-L", f"ROUGE avg ({names[headline]})",
+                            f"ROUGE avg ({names[other]})", "NFE"], rows)
+    stem = "with" if config.get("rouge_stemmer") else "without"
     return results, (f"ROCStories infilling, model {config.get('model')} ({config.get('revision')}), "
-                     f"method {config.get('method')}, {config.get('trials')} trials per story\n\n{table}")
+                     f"method {config.get('method')}, k {config.get('k')}, {config.get('trials')} trials per story; "
+                     f"ROUGE F1 x 100 {stem} stemmer, headline aggregate: {names[headline]}\n\n{table}")
 
 
 def register(sub) -> None:
@@ -123,16 +231,24 @@ def register(sub) -> None:
                        description="Infill the middle of ROCStories five-sentence stories; ROUGE-1/2/L F1 x 100 "
                                    "against the true middle (paper, sec. 6).")
     add_model_arguments(p)
+    add_protocol_argument(p)
     p.add_argument("--data", default=default_data("rocstories/cloze_test_val__spring2016.csv"),
                    help="ROCStories cloze CSV or hf:... (default: %(default)s)")
     p.add_argument("--settings", nargs="+", default=["middle", "long"], choices=list(SETTINGS),
                    help="middle: infill sentence 3 given 1-2 and 4-5; long: infill 2-4 given 1 and 5")
-    p.add_argument("--method", default="assd", choices=["sequential", "assd", "ngram"])
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--method", default="assd", choices=list(METHODS),
+                   help="sampler; 'oracle' writes the true middle instead (pipeline self-check: ROUGE 100)")
+    p.add_argument("--k", type=int, default=None, help="ASSD / n-gram draft length (default: from --protocol)")
+    p.add_argument("--banned", default=None, choices=["specials", "mask"],
+                   help="ids never sampled: every special, or only <mask> (default: from --protocol)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--order", default="sorted", choices=["sorted", "random"])
     p.add_argument("--trials", type=int, default=5, help="samples per story (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--no-stemmer", dest="use_stemmer", action="store_false", help="ROUGE without Porter stemming")
+    p.add_argument("--rouge", default=None, choices=list(ROUGE_AGGREGATES),
+                   help="headline aggregate: mean (+- SE) of per-sample F1, or bootstrap mid F1 over all samples "
+                        "(evaluate's rouge); both are reported (default: from --protocol)")
+    p.add_argument("--rouge-stemmer", default=None, action=argparse.BooleanOptionalAction,
+                   help="Porter stemmer in ROUGE (default: from --protocol)")
     add_run_arguments(p, "outputs/infill_nlp")
     p.set_defaults(func=run)

@@ -10,7 +10,8 @@
   (and SE) of its per-sequence perplexities.
 * ``paired_tests``: paired t-test, Wilcoxon signed-rank and Mann-Whitney U (scipy).
 * ``pass_at_k``: the unbiased pass@k estimator of Chen et al. (2021).
-* ``rouge_f1``: ROUGE-1/2/L F1 x 100 via the ``rouge-score`` package.
+* ``rouge_scores`` / ``rouge_f1``: ROUGE-1/2/L precision, recall, F1 x 100 via the
+  ``rouge-score`` package; ``rouge_bootstrap``: ``evaluate``'s aggregate (bootstrap mid F1).
 """
 
 from __future__ import annotations
@@ -165,14 +166,62 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_AGGREGATES = ("mean", "bootstrap")
+# ``evaluate``'s rouge builds ``scoring.BootstrapAggregator()`` with its defaults
+# (1000 resamples, 95% interval) and draws from numpy's global RNG, unseeded;
+# asarm seeds it (``rouge_bootstrap``'s ``seed``) so a rerun gives the same figure.
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_CONFIDENCE = 0.95
+
+
+def rouge_scores(prediction: str, reference: str, use_stemmer: bool = True) -> dict[str, tuple[float, float, float]]:
+    """``{type: (precision, recall, F1)}`` x 100 of one pair for ``ROUGE_TYPES`` (``rouge_score.rouge_scorer``).
+
+    Precision is over the prediction's n-grams, recall over the reference's
+    (rouge-score's ``score(target, prediction)``, with ``target = reference``).
+    rouge-score's tokenizer lowercases, keeps ``[a-z0-9]`` runs and drops the
+    rest; ``use_stemmer`` adds Porter stemming of tokens longer than 3 characters.
+    """
+    scores = _rouge_scorer(use_stemmer).score(reference, prediction)
+    return {t: (100.0 * scores[t].precision, 100.0 * scores[t].recall, 100.0 * scores[t].fmeasure) for t in ROUGE_TYPES}
 
 
 def rouge_f1(prediction: str, reference: str, use_stemmer: bool = True) -> dict[str, float]:
-    """ROUGE-1/2/L F1 x 100 of one pair (``rouge_score.rouge_scorer``), plus their mean as ``"rouge_mean"``."""
-    scorer = _rouge_scorer(use_stemmer)
-    scores = scorer.score(reference, prediction)  # rouge-score's argument order: (target, prediction)
-    out = {t: 100.0 * scores[t].fmeasure for t in ROUGE_TYPES}
+    """ROUGE-1/2/L F1 x 100 of one pair (``rouge_scores``), plus their mean as ``"rouge_mean"``."""
+    out = {t: f for t, (_, _, f) in rouge_scores(prediction, reference, use_stemmer).items()}
     out["rouge_mean"] = sum(out.values()) / len(ROUGE_TYPES)
+    return out
+
+
+def rouge_bootstrap(scores: Sequence[dict[str, tuple[float, float, float]]], seed: int = 0,
+                    n_samples: int = BOOTSTRAP_SAMPLES) -> dict[str, dict[str, float]]:
+    """``evaluate``'s aggregate ROUGE: bootstrap over all pairs pooled, F1 of the ``mid`` (median) x 100.
+
+    Args:
+        scores: one ``rouge_scores`` dict per pair (x 100), all pairs pooled.
+        seed: seeds numpy's global RNG for the resampling (rouge-score draws
+            from it); the caller's RNG state is restored afterwards.
+    Returns:
+        ``{type: {"low", "mid", "high"}}`` F1 x 100 for ``ROUGE_TYPES`` (the
+        ``BOOTSTRAP_CONFIDENCE`` interval), plus ``"rouge_mean"``: the mean of
+        the three types' bounds (the paper's ``rougeAvg`` is that ``mid``).
+        ``mid`` is the median of the bootstrap means, close to but not the plain mean.
+    """
+    from rouge_score import scoring
+
+    if not scores:
+        raise ValueError("rouge_bootstrap needs at least one scored pair")
+    aggregator = scoring.BootstrapAggregator(confidence_interval=BOOTSTRAP_CONFIDENCE, n_samples=n_samples)
+    for s in scores:  # rouge-score's own 0-1 scale, so the figure is the one evaluate's rouge prints (x 100)
+        aggregator.add_scores({t: scoring.Score(*(v / 100.0 for v in s[t])) for t in ROUGE_TYPES})
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        agg = aggregator.aggregate()
+    finally:
+        np.random.set_state(state)
+    out = {t: {b: 100.0 * getattr(agg[t], b).fmeasure for b in ("low", "mid", "high")} for t in ROUGE_TYPES}
+    out["rouge_mean"] = {b: sum(out[t][b] for t in ROUGE_TYPES) / len(ROUGE_TYPES) for b in ("low", "mid", "high")}
     return out
 
 
