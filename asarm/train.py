@@ -538,6 +538,7 @@ def train(cfg: TrainConfig) -> Path:
         batches = [stream.next_batch(cfg.batch_size) for stream in streams]
         if cfg.max_epochs and end_of_data(streams, cfg.max_epochs, accelerator):
             if step == 0:
+                signal.signal(signal.SIGTERM, previous_handler)
                 raise ValueError(f"a data shard holds less than one step of tokens ({cfg.batch_size} x {cfg.seq_len}) "
                                  "in one pass: use fewer slots (processes x accumulation), smaller batches or more data")
             data_ended = True  # this step would read the next pass: drop it, like the paper's loader drops its tail
