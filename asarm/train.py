@@ -68,6 +68,8 @@ class TrainConfig:
                                        "tokenizing: auto (starcoder only), true or false")
     add_special_tokens: bool = opt(False, "let the tokenizer add its specials to every document "
                                           "(XLNet: <sep><cls>, as the paper's loader did)")
+    replicate_data: bool = opt(False, "every process reads the same data, as in the paper's multi-GPU runs "
+                                      "(false: each of the processes x grad_accum slots reads its own shard)")
     seq_len: int = opt(512, "tokens per packed sequence")
     eval_docs: int = opt(200, "documents held out from the start of the source for evaluation")
     # model
@@ -209,6 +211,20 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"report_to {name}: the package is not installed ({exc})") from exc
     if cfg.debug_signal and (cfg.debug_signal.split("@")[0] not in ("KILL", "TERM") or "@" not in cfg.debug_signal):
         raise ValueError(f"debug_signal must look like KILL@5 or TERM@5, got '{cfg.debug_signal}'")
+
+
+def slot_shard(slot: int, grad_accum: int, num_processes: int, replicate: bool = False) -> tuple[int, int]:
+    """``(shard, num_shards)`` of the training stream that micro-batch slot ``slot`` reads.
+
+    Default: each of the ``num_processes * grad_accum`` slots reads its own shard, so one optimizer step sees
+    that many distinct micro-batches. ``replicate`` (the paper's multi-GPU runs, where every rank iterates
+    the same stream): slot ``rank * grad_accum + micro`` reads shard ``micro`` of ``grad_accum``, the same
+    on every rank, so a step sees only ``grad_accum`` distinct micro-batches, each under ``num_processes``
+    different masks.
+    """
+    if not 0 <= slot < grad_accum * num_processes:
+        raise ValueError(f"slot {slot} is outside 0..{grad_accum * num_processes - 1}")
+    return (slot % grad_accum, grad_accum) if replicate else (slot, grad_accum * num_processes)
 
 
 def end_of_data(streams, max_epochs: int, accelerator) -> bool:
@@ -458,12 +474,13 @@ def train(cfg: TrainConfig) -> Path:
     frozen = freeze_unused(model)
     model.train()
 
-    # data: this rank's slots, each its own shard; plus the held-out chunks
+    # data: this rank's slots, each its own shard (replicate_data: alike on every rank); plus the held-out chunks
     encode = make_encoder(tokenizer, spec.code, cfg.add_special_tokens)
     slots = [rank * cfg.grad_accum + a for a in range(cfg.grad_accum)]
     held_out = held_out_digests(spec, cfg.eval_docs)
-    streams = [PackedStream(lambda s=s: open_split(spec, "train", cfg.eval_docs, s, num_slots), encode,
-                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for s in slots]
+    shards = [slot_shard(s, cfg.grad_accum, world, cfg.replicate_data) for s in slots]
+    streams = [PackedStream(lambda sh=sh: open_split(spec, "train", cfg.eval_docs, *sh), encode,
+                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for sh in shards]
     eval_stream = PackedStream(lambda: open_split(spec, "eval", cfg.eval_docs), encode, tokenizer.eos_token_id, cfg.seq_len)
     eval_x = eval_stream.next_batch(cfg.eval_batches * cfg.batch_size) if main else None
 

@@ -253,3 +253,19 @@ def test_left_to_right_order_conditions_on_a_prefix(objective):
     else:
         assert b.perm_mask[:, n:, n:].all(dim=(1, 2)).all()  # targets never see each other
         assert not b.perm_mask[:, n:, :n].any()              # and see the whole known prefix
+
+
+def test_slot_shards_default_to_disjoint_and_replicate_like_the_paper():
+    from asarm.train import slot_shard
+
+    world, accum = 3, 2
+    slots = range(world * accum)
+    own = [slot_shard(s, accum, world) for s in slots]
+    assert own == [(s, world * accum) for s in slots]  # asarm: every slot its own shard
+    same = [slot_shard(s, accum, world, replicate=True) for s in slots]
+    by_rank = [same[r * accum:(r + 1) * accum] for r in range(world)]
+    assert all(shards == [(m, accum) for m in range(accum)] for shards in by_rank)  # paper: ranks read alike
+    assert slot_shard(1, 2, 1, replicate=True) == slot_shard(1, 2, 1)  # one process: no difference
+    with pytest.raises(ValueError, match="outside"):
+        slot_shard(6, accum, world)
+    check_config(TrainConfig.load(str(ROOT / "configs" / "openwebtext.yaml"), {"replicate_data": "true"}))
