@@ -108,6 +108,24 @@ def test_each_recipe_carries_its_launchers_values():
         assert {k for k in control if control[k] != other[k]} - ignore == diff, name
 
 
+def test_tiny_cpu_config_still_trains_on_the_local_tokenizer(tmp_path):
+    from asarm.tokenizer import load_tokenizer
+
+    cfg = TrainConfig.load(str(ROOT / "configs" / "tiny_cpu.yaml"),
+                           {"output_dir": str(tmp_path / "tiny"), "max_steps": 3, "save_steps": 3, "eval_steps": 0,
+                            "eval_batches": 1, "sample_rows": 1, "progress": False})
+    run = train(cfg)
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "train"]
+    assert len(losses) == 1 and 0 < losses[0] < 20  # log_steps 10: only the last step is logged
+    tok = load_tokenizer(str(run / "model"))
+    assert type(tok).__name__ == "XLNetTokenizerFast" and len(tok) == cfg.local_vocab_size
+    assert resolve_dataset(cfg.dataset).code  # stdlib is code: newlines survive as <cls>
+    sample = json.loads((run / "samples.jsonl").read_text().splitlines()[-1])["samples"][0]["prompt"]
+    assert "\n" in sample
+
+
 # ---------------------------------------------------------------------------- the paper's packing, on real text
 def _wikitext_rows(shared_data, count):
     with open(shared_data / "wikitext-2-raw" / "wiki.test.raw", encoding="utf-8") as f:  # CRLF -> "\n"
