@@ -23,6 +23,18 @@ draw a masking rate ``r``, predict ``K = floor(N r)`` tokens (clamped to
   ``draft_mask(sigma, p, n)``) or ``causal``. Targets hold the mask id (no
   query reads them).
 
+Orders: ``sorted`` (the paper's: visible set uniformly random, each block
+left to right, 2^N orders), ``random`` (any of the N! permutations; the
+paper's ``--any_permutation``) or ``left_to_right`` (the AR-order ablation,
+the paper's ``--left_to_right``: the identity order, so the known block is the
+first ``n`` positions and the targets are the rest, left to right; a
+prefix-conditioned left-to-right model).
+
+Loss scaling (``loss_weight``: ``r`` or ``snr``) is defined for the joint
+objective only, as in the paper's trainer, which scales the joint loss and
+leaves the parallel one alone; asarm refuses the combination
+(``check_loss_scale``) instead of silently ignoring it.
+
 Randomness is counter-based: ``batch_generator(seed, step, slot)`` is a pure
 function of the optimizer step and the micro-batch *slot*
 (``slot = rank * accumulation + micro``), so a run's batches do not depend on
@@ -41,7 +53,7 @@ from .orders import draft_mask, joint_mask, random_order, random_sorted_order, s
 
 OBJECTIVES = ("joint", "parallel")
 VISIBLE_ATTENTION = ("all", "prompt", "causal")
-ORDERS = ("sorted", "random")
+ORDERS = ("sorted", "random", "left_to_right")
 LOSS_SCALES = ("none", "r", "snr")
 
 
@@ -77,15 +89,33 @@ def num_targets(length: int, rate: float) -> int:
     return min(max(int(math.floor(length * rate)), 1), length - 1)
 
 
-def loss_weight(rate: float, scale: str) -> float:
-    """Multiplier of the mean target cross-entropy: ``none`` 1, ``r`` r, ``snr`` 1/SNR = r/(1-r)."""
+def check_loss_scale(objective: str, scale: str) -> None:
+    """Raise ``ValueError`` unless ``scale`` is a known loss scale that ``objective`` accepts.
+
+    ``r`` and ``snr`` weight the joint objective's masking rates (a higher rate's
+    joint loss also covers the lower rates' conditionals); the paper's trainer
+    applies them to the joint objective only. A parallel run asking for them
+    would get a weighting the paper never used, so it is refused.
+    """
+    if scale not in LOSS_SCALES:
+        raise ValueError(f"unknown loss scale '{scale}'; choose one of {LOSS_SCALES}")
+    if scale != "none" and objective != "joint":
+        raise ValueError(f"loss_scale '{scale}' applies only to the joint objective (the paper scales only the joint "
+                         f"loss); set loss_scale: none for objective '{objective}'")
+
+
+def loss_weight(rate: float, scale: str, objective: str = "joint") -> float:
+    """Multiplier of the mean target cross-entropy: ``none`` 1, ``r`` r, ``snr`` 1/SNR = r/(1-r).
+
+    Raises ``ValueError`` (``check_loss_scale``) for an unknown scale or a
+    scale other than ``none`` with a non-joint ``objective``.
+    """
+    check_loss_scale(objective, scale)
     if scale == "none":
         return 1.0
     if scale == "r":
         return rate
-    if scale == "snr":
-        return rate / (1.0 - rate)
-    raise ValueError(f"unknown loss scale '{scale}'; choose one of {LOSS_SCALES}")
+    return rate / (1.0 - rate)  # snr
 
 
 def batch_generator(seed: int, step: int, slot: int, device="cpu") -> torch.Generator:
@@ -129,7 +159,8 @@ def make_batch(x: torch.Tensor, rate: float, mask_token_id: int, *, objective: s
         x: ``(B, N)`` long, the true tokens.
         rate: masking rate in ``(0, 1)``; ``K = num_targets(N, rate)``.
         objective: ``joint`` or ``parallel`` (module docstring).
-        order: ``sorted`` (2^N orders, the paper's) or ``random`` (any permutation).
+        order: ``sorted`` (2^N orders, the paper's), ``random`` (any permutation) or
+            ``left_to_right`` (the identity order: known = the first ``n`` positions).
         visible_attention: ``parallel`` only: ``all``, ``prompt`` or ``causal``.
     Returns:
         a ``TrainingBatch``; ``labels (B, K)`` lines up with the rows of ``target_mapping``.
@@ -145,14 +176,12 @@ def make_batch(x: torch.Tensor, rate: float, mask_token_id: int, *, objective: s
     n = length - k
     dev = x.device
     if objective == "joint":
-        sigma = (random_order(b, length, generator=generator).to(dev) if order == "random"
-                 else random_sorted_order(b, length, n, generator=generator).to(dev))
+        sigma = _order(order, b, length, n, generator, dev)
         perm = joint_mask(sigma, n)
         hidden = sigma == length - 1  # read by no query
     else:
         prompt = 1 + torch.randint(0, n, (b,), generator=generator)  # p ~ U{1..n}
-        sigma = (random_order(b, length, generator=generator) if order == "random"
-                 else random_sorted_order(b, length, prompt, generator=generator)).to(dev)
+        sigma = _order(order, b, length, prompt, generator, dev)
         prompt = prompt.to(dev)
         if visible_attention == "all":
             perm = draft_mask(sigma, n, n)
@@ -165,6 +194,20 @@ def make_batch(x: torch.Tensor, rate: float, mask_token_id: int, *, objective: s
     labels = x.gather(1, positions)
     input_ids = x.masked_fill(hidden, mask_token_id)
     return TrainingBatch(input_ids, perm, mapping, labels, positions, sigma, n, rate)
+
+
+def _order(order: str, batch: int, length: int, num_visible, generator, device) -> torch.Tensor:
+    """sigma ``(B, N)`` of one micro-batch for ``order`` (see ``make_batch``); ``num_visible``: int or ``(B,)``.
+
+    ``random`` ignores ``num_visible`` (any rank prefix can be the visible set);
+    ``left_to_right`` is the identity whatever the visible count (the first
+    positions are the visible ones), drawing no random numbers.
+    """
+    if order == "random":
+        return random_order(batch, length, generator=generator).to(device)
+    if order == "left_to_right":
+        return torch.arange(length, device=device).expand(batch, length).clone()
+    return random_sorted_order(batch, length, num_visible, generator=generator).to(device)
 
 
 def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

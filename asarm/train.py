@@ -79,13 +79,15 @@ class TrainConfig:
                                        "tokenizing: auto (starcoder only), true or false")
     add_special_tokens: bool = opt(False, "let the tokenizer add its specials to every document "
                                           "(XLNet: <sep><cls>, as the paper's loader did)")
+    replicate_data: bool = opt(False, "every process reads the same data, as in the paper's multi-GPU runs "
+                                      "(false: each of the processes x grad_accum slots reads its own shard)")
     seq_len: int = opt(512, "tokens per packed sequence")
     eval_docs: int = opt(200, "documents held out from the start of the source for evaluation")
     # model
     init: str = opt("xlnet/xlnet-base-cased", "hub id, local directory, or 'fresh' (random init from model_config)")
     revision: str = opt("", "hub revision of init (released AS-ARMs: nlp, nlp_210k_plus_75k, code)")
-    tokenizer: str = opt("", "tokenizer directory or hub id; 'local' builds the offline byte-level BPE "
-                              "(default: init's own, else xlnet/xlnet-base-cased)")
+    tokenizer: str = opt("", "tokenizer directory or hub id; 'local' builds the offline XLNet-pipeline "
+                              "(SentencePiece) tokenizer (default: init's own, else xlnet/xlnet-base-cased)")
     local_vocab_size: int = opt(1000, "vocabulary of tokenizer=local")
     model_config: dict = opt({}, "XLNetConfig fields for init=fresh, e.g. {d_model: 64, n_layer: 2, n_head: 4, d_inner: 128}")
     model_max_len: int = opt(512, "longest allowed seq_len (XLNet's relative positions have no hard limit; "
@@ -93,8 +95,8 @@ class TrainConfig:
     # objective
     objective: str = opt("joint", "joint (the paper's) or parallel (conditionally independent ablation)")
     visible_attention: str = opt("all", "parallel objective: all, prompt or causal attention inside the known block")
-    order: str = opt("sorted", "sorted (2^N orders) or random (N! orders)")
-    loss_scale: str = opt("none", "none, r, or snr (= r/(1-r))")
+    order: str = opt("sorted", "sorted (2^N orders), random (N! orders) or left_to_right (the AR-order ablation)")
+    loss_scale: str = opt("none", "none, r, or snr (= r/(1-r)); r and snr only with the joint objective")
     start_rate: float = opt(0.15, "masking rate at step 0")
     min_rate: float = opt(0.85, "lower end of the masking-rate range after the warm-up")
     max_rate: float = opt(0.99, "upper end of the masking-rate range after the warm-up")
@@ -109,6 +111,8 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "gradient-norm clipping (0: off)")
     train_sequences: int = opt(24_000_000, "packed sequences to train on (sets the number of steps)")
     max_steps: int = opt(0, "optimizer steps (overrides train_sequences when > 0)")
+    max_epochs: int = opt(0, "stop once a slot's training stream has been read this many times, dropping the "
+                             "step that would need the next pass (the paper: 1, one pass); 0: no limit")
     mixed_precision: str = opt("auto", "auto (bf16 on GPUs that have it, else fp16 on GPUs, none on CPU), no, bf16, fp16")
     cpu: bool = opt(False, "train on the CPU even when a GPU is present")
     # checkpoints and logging
@@ -185,6 +189,7 @@ def check_config(cfg: TrainConfig) -> None:
     choose("visible_attention", cfg.visible_attention, obj.VISIBLE_ATTENTION)
     choose("order", cfg.order, obj.ORDERS)
     choose("loss_scale", cfg.loss_scale, obj.LOSS_SCALES)
+    obj.check_loss_scale(cfg.objective, cfg.loss_scale)
     choose("resume", cfg.resume, ("false", "true", "auto"))
     choose("code_whitespace", cfg.code_whitespace, ("auto", "true", "false"))
     choose("mixed_precision", cfg.mixed_precision, ("auto", "no", "bf16", "fp16"))
@@ -204,6 +209,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("eval_steps and eval_docs must be >= 0")
     if cfg.max_steps < 0 or (cfg.max_steps == 0 and cfg.train_sequences < 1):
         raise ValueError("set max_steps > 0 or train_sequences > 0")
+    if cfg.max_epochs < 0:
+        raise ValueError(f"max_epochs must be >= 0 (0: no limit), got {cfg.max_epochs}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {cfg.lr}")
     unknown = set(cfg.report_to) - {"tensorboard", "wandb"}
@@ -229,6 +236,28 @@ RESUME_MAY_CHANGE = frozenset({
     "wandb_project", "progress", "debug_signal"})
 # Changes that say how this process starts or where the run lives, not what it is: not recorded in config.yaml.
 NOT_RECORDED = frozenset({"resume", "debug_signal", "output_dir"})
+
+
+def slot_shard(slot: int, grad_accum: int, num_processes: int, replicate: bool = False) -> tuple[int, int]:
+    """``(shard, num_shards)`` of the training stream that micro-batch slot ``slot`` reads.
+
+    Default: each of the ``num_processes * grad_accum`` slots reads its own shard, so one optimizer step sees
+    that many distinct micro-batches. ``replicate`` (the paper's multi-GPU runs, where every rank iterates
+    the same stream): slot ``rank * grad_accum + micro`` reads shard ``micro`` of ``grad_accum``, the same
+    on every rank, so a step sees only ``grad_accum`` distinct micro-batches, each under ``num_processes``
+    different masks.
+    """
+    if not 0 <= slot < grad_accum * num_processes:
+        raise ValueError(f"slot {slot} is outside 0..{grad_accum * num_processes - 1}")
+    return (slot % grad_accum, grad_accum) if replicate else (slot, grad_accum * num_processes)
+
+
+def end_of_data(streams, max_epochs: int, accelerator) -> bool:
+    """True on every rank when any rank's stream has started pass ``max_epochs`` (0-based), i.e. the
+    batches just read hold tokens from beyond the allowed passes. One all-reduce, so ranks agree
+    before any of them starts a forward pass."""
+    ended = any(stream.epoch >= max_epochs for stream in streams)
+    return bool(accelerator.reduce(torch.tensor(float(ended), device=accelerator.device), "sum") > 0)
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> tuple[dict, dict]:
@@ -586,12 +615,13 @@ def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
     frozen = freeze_unused(model)
     model.train()
 
-    # data: this rank's slots, each its own shard; plus the held-out chunks
+    # data: this rank's slots, each its own shard (replicate_data: alike on every rank); plus the held-out chunks
     encode = make_encoder(tokenizer, spec.code, cfg.add_special_tokens)
     slots = [rank * cfg.grad_accum + a for a in range(cfg.grad_accum)]
     held_out = held_out_digests(spec, cfg.eval_docs)
-    streams = [PackedStream(lambda s=s: open_split(spec, "train", cfg.eval_docs, s, num_slots), encode,
-                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for s in slots]
+    shards = [slot_shard(s, cfg.grad_accum, world, cfg.replicate_data) for s in slots]
+    streams = [PackedStream(lambda sh=sh: open_split(spec, "train", cfg.eval_docs, *sh), encode,
+                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for sh in shards]
     eval_stream = PackedStream(lambda: open_split(spec, "eval", cfg.eval_docs), encode, tokenizer.eos_token_id, cfg.seq_len)
     eval_x = eval_stream.next_batch(cfg.eval_batches * cfg.batch_size) if main else None
 
@@ -671,6 +701,7 @@ def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
         bar = tqdm(total=max_steps, initial=step, desc="train", dynamic_ncols=True)
     kill_sig, _, kill_step = cfg.debug_signal.partition("@")
     scaler_active = accelerator.scaler is not None
+    data_ended = False
 
     stopping = stop_requested()
     if stopping and saved_step != step:  # SIGTERM during start-up: the state exists now, save it
@@ -679,17 +710,26 @@ def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
         t0 = time.perf_counter()
         lo, hi = obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps)
         losses = []
-        for micro, (slot, stream) in enumerate(zip(slots, streams)):
+        batches = [stream.next_batch(cfg.batch_size) for stream in streams]
+        if cfg.max_epochs and end_of_data(streams, cfg.max_epochs, accelerator):
+            if step == 0:
+                raise ValueError(f"a data shard holds less than one step of tokens ({cfg.batch_size} x {cfg.seq_len}) "
+                                 "in one pass: use fewer slots (processes x accumulation), smaller batches or more data")
+            data_ended = True  # this step would read the next pass: drop it, like the paper's loader drops its tail
+            if saved_step != step:
+                checkpoint()
+            break
+        for micro, (slot, stream, x) in enumerate(zip(slots, streams, batches)):
             gen = obj.batch_generator(cfg.seed, step, slot)
             torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # dropout: a function of (step, slot)
             rate = obj.stratified_rate(lo, hi, slot, num_slots, gen)
-            b = obj.make_batch(stream.next_batch(cfg.batch_size), rate, plain.mask_token_id, objective=cfg.objective,
+            b = obj.make_batch(x, rate, plain.mask_token_id, objective=cfg.objective,
                                order=cfg.order, visible_attention=cfg.visible_attention, generator=gen)
             last = micro == len(slots) - 1
             with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
                 dev = accelerator.device  # (the prepared model runs under autocast when mixed precision is on)
                 logits = model(b.input_ids.to(dev), b.perm_mask.to(dev), b.target_mapping.to(dev))
-                loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale)
+                loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale, cfg.objective)
                 accelerator.backward(loss / len(slots))
             losses.append(loss.detach())
         # max_norm=inf measures the norm without clipping (the gradients are multiplied by exactly 1)
@@ -734,6 +774,7 @@ def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
         if not stopping:
             plain.save_pretrained(run_dir / "model", tokenizer)
         status = {"state": "interrupted" if stopping else "done", "step": step, "max_steps": max_steps,
+                  "end_of_data": data_ended,
                   "checkpoint": saved_step, "world_size": world, "param_checksums": checksums,
                   "ranks_identical": len(set(checksums)) == 1}
         atomic_write_json(run_dir / "status.json", status)
