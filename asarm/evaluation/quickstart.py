@@ -3,7 +3,7 @@
     asarm quickstart                     # a few minutes on 2 CPU cores, no network, no GPU
 
 1. Trains with the project's trainer (``asarm.train.train``) from
-   ``configs/tiny_cpu.yaml`` (a fresh 2-layer XLNet and a byte-level BPE
+   ``configs/tiny_cpu.yaml`` (a fresh 2-layer XLNet and an XLNet-pipeline SentencePiece
    tokenizer built offline; the corpus is the running Python's own standard
    library, ``dataset: stdlib``), with the overrides below.
 2. Writes the documents the trainer held out (its ``eval`` split) to
