@@ -293,6 +293,12 @@ def test_clear_errors(tiny_model_dir, wiki_subset, shared_data, tmp_path, capsys
     err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", str(bert), "--trials", "1",
                           "--seq-len", "16", "--output-dir", str(tmp_path / "f")])
     assert "causal" in err and not (tmp_path / "f" / "config.json").exists()  # refused before generating
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--backends", "plain", "plain",
+                          "--output-dir", str(tmp_path / "f")])
+    assert "lists a backend twice" in err
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--protocol", "paper",
+                          "--visible-frac", "0.98", "--seq-len", "40", "--output-dir", str(tmp_path / "f")])
+    assert "nothing is left to generate" in err and not (tmp_path / "f" / "config.json").exists()
 
     out = tmp_path / "g"
     assert main(["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "1", "--seq-len", "16",
