@@ -12,17 +12,15 @@ and the paper's four tests of sequential vs every other method.
 
 The choices that move the numbers follow ``--protocol`` (``evaluation.protocol``):
 
-==================  ==========================================  ==========================================
-option              ``paper`` (the released code)               ``asarm`` (default)
-==================  ==========================================  ==========================================
-wikitext-specials   every row (blank ones too) encoded with     non-blank rows as plain text, each
-                    the specials (``<sep><cls>``), then ``</s>``  followed by ``</s>``
-reuse-chunks        no: trials stop when the chunks run out     yes: trial ``t`` takes chunk ``t mod C``
-visible-rule        ``int(frac N) + 1``                          ``round(frac N)`` in ``[1, N - 1]``
-judge-specials      judged text = ``tokenizer.decode(seq)``,     special tokens dropped
-                    special tokens kept
-banned              only ``<mask>`` is never sampled            no special token is sampled
-==================  ==========================================  ==========================================
+* ``--wikitext-specials``: paper: every row (blank ones too) encoded with the
+  specials (``<sep><cls>``), then ``</s>``; asarm: non-blank rows as plain
+  text, each followed by ``</s>``.
+* ``--reuse-chunks``: paper: no, the trials stop when the chunks run out;
+  asarm: yes, trial ``t`` takes chunk ``t mod C``.
+* ``--visible-rule``: paper: ``int(frac N) + 1``; asarm: ``round(frac N)`` in ``[1, N - 1]``.
+* ``--judge-specials``: paper: the judged text is ``tokenizer.decode(seq)``,
+  special tokens kept; asarm: special tokens dropped.
+* ``--banned``: paper: only ``<mask>`` is never sampled; asarm: no special token is.
 
 ``--backends plain cached`` times every sample with both decoders (the
 paper's recomputing one and asarm's K/V cache): the first backend's sample is
