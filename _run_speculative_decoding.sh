@@ -10,11 +10,17 @@
 #   sbatch --array=0-7 _run_speculative_decoding.sh          # 8 shards; the last one writes results.json
 #   NUM_SHARDS=4 bash _run_speculative_decoding.sh           # 4 local processes (GPU i each), then merge
 #   TRIALS=20 DATA=../shared/data/wikitext-2-raw/wiki.test.raw bash _run_speculative_decoding.sh
+#   PROTOCOL=asarm BACKENDS=cached bash _run_speculative_decoding.sh   # asarm's defaults, cached decoder only
 # Every setting below is a variable; EXTRA_ARGS is appended (e.g. "--baseline-model xlnet/xlnet-base-cased").
+# PROTOCOL=paper (default) follows the paper's released code: rows encoded with <sep><cls> then </s>, no chunk
+# reuse (fewer trials than TRIALS when the chunks run out), int(0.05 N) + 1 visible, judged text with specials,
+# only <mask> banned. BACKENDS="plain cached" times every sample with the paper's decoder and the K/V cache.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")}"
 source scripts/eval_launch.sh
 
+PROTOCOL=${PROTOCOL:-paper}
+BACKENDS=${BACKENDS:-plain cached}
 MODEL=${MODEL:-therealgabeguo/ASARM}
 REVISION=${REVISION:-nlp_210k_plus_75k}
 DATA=${DATA:-${ASARM_EVAL_DATA:-eval_datasets}/wikitext-2-raw/wiki.test.raw}
@@ -27,9 +33,10 @@ TEMPERATURE=${TEMPERATURE:-1.0}
 JUDGE=${JUDGE:-gpt2-large}
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
-OUT=${OUT:-outputs/speculative_${REVISION}_k${K}}
+OUT=${OUT:-outputs/speculative_${PROTOCOL}_${REVISION}_k${K}}
 
 # shellcheck disable=SC2086
-run_eval "$OUT" speculative --model "$MODEL" --revision "$REVISION" --data "$DATA" --seq-len "$SEQ_LEN" \
+run_eval "$OUT" speculative --protocol "$PROTOCOL" --backends $BACKENDS --model "$MODEL" --revision "$REVISION" \
+  --data "$DATA" --seq-len "$SEQ_LEN" \
   --visible-frac "$VISIBLE_FRAC" --trials "$TRIALS" --methods $METHODS --k "$K" --temperature "$TEMPERATURE" \
   --judge "$JUDGE" --device "$DEVICE" --seed "$SEED"

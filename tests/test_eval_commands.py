@@ -53,7 +53,7 @@ def _samples(out):
     for f in sorted(Path(out).glob("samples.*.jsonl")):
         for line in f.read_text().splitlines():
             row = json.loads(line)
-            rows[row["uid"]] = [{k: v for k, v in r.items() if k != "time_s"} for r in row["records"]]
+            rows[row["uid"]] = [{k: v for k, v in r.items() if not k.startswith("time_")} for r in row["records"]]
     return rows
 
 
@@ -83,6 +83,44 @@ def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp
     assert "gen. PPL" in (out / "results.md").read_text()
     rec = next(iter(_samples(out).values()))[0]
     assert {"nfe", "prompt", "text", "ppl", "entropy", "model_nll"} <= set(rec)
+
+
+def test_speculative_paper_protocol_end_to_end(tiny_model_dir, shared_data, local_tokenizer, tmp_path):
+    """--protocol paper: rows with specials, no chunk reuse, int(frac N) + 1 visible, judged text with
+    specials, only <mask> banned, both decoders timed; config.json records every resolved setting."""
+    from asarm.evaluation.speculative import load_chunks
+
+    lines = (shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8").splitlines()[:2]
+    data = tmp_path / "wiki.two.raw"
+    data.write_text("\n".join(lines), encoding="utf-8")
+    chunks = load_chunks(str(data), local_tokenizer, 32, specials=True)
+    out = tmp_path / "paper"
+    argv = ["speculative", "--model", str(tiny_model_dir), "--data", str(data), "--seq-len", "32", "--trials",
+            str(len(chunks) + 3), "--protocol", "paper", "--methods", "sequential", "assd", "--judge", "none",
+            "--backends", "plain", "cached", "--output-dir", str(out), *FAST]
+    assert main(argv) == 0
+    res = _results(out)
+    cfg = res["config"]
+    assert cfg["protocol"] == "paper"
+    assert (cfg["wikitext_specials"], cfg["reuse_chunks"], cfg["visible_rule"], cfg["judge_specials"],
+            cfg["banned"], cfg["backends"]) == (True, False, "int_plus_one", True, "mask", ["plain", "cached"])
+    assert json.loads((out / "config.json").read_text())["config"]["visible_rule"] == "int_plus_one"
+    results = res["results"]
+    assert results["num_trials"] == results["num_chunks"] == len(chunks)  # stopped when the chunks ran out
+    records = [r for rs in _samples(out).values() for r in rs]
+    assert len(records) == 2 * len(chunks)
+    assert {r["chunk"] for r in records} == set(range(len(chunks)))
+    assert all(r["num_visible"] == int(32 * 0.05) + 1 for r in records)
+    sampled = [t for t in local_tokenizer.all_special_tokens if t != local_tokenizer.mask_token]
+    assert any(t in r["text"] for r in records for t in sampled)  # sampled (only <mask> banned) and judged as text
+    assert not any(local_tokenizer.mask_token in r["text"] for r in records)
+    table = (out / "results.md").read_text()
+    assert "time plain (s)" in table and "time cached (s)" in table and "independent t" in table
+    assert f"{len(chunks)} trials, not --trials {len(chunks) + 3}" in table and "Protocol: `paper`" in table
+    for row in results["methods"].values():
+        assert row["time_plain_s_mean"] > 0 and row["time_cached_s_mean"] > 0
+        assert row["backends_agree"] == len(chunks)  # same seed, same sample with either decoder
+    assert "time_plain_s" in results["paired_tests"]["sequential vs assd"]
 
 
 def test_speculative_without_judge_still_runs(tiny_model_dir, wiki_subset, tmp_path):
@@ -303,6 +341,12 @@ def test_clear_errors(tiny_model_dir, wiki_subset, shared_data, tmp_path, capsys
     err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", str(bert), "--trials", "1",
                           "--seq-len", "16", "--output-dir", str(tmp_path / "f")])
     assert "causal" in err and not (tmp_path / "f" / "config.json").exists()  # refused before generating
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--backends", "plain", "plain",
+                          "--output-dir", str(tmp_path / "f")])
+    assert "lists a backend twice" in err
+    err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--protocol", "paper",
+                          "--visible-frac", "0.98", "--seq-len", "40", "--output-dir", str(tmp_path / "f")])
+    assert "nothing is left to generate" in err and not (tmp_path / "f" / "config.json").exists()
 
     out = tmp_path / "g"
     assert main(["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "1", "--seq-len", "16",
@@ -341,6 +385,7 @@ def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path
     res = _launch("_run_speculative_decoding.sh", {"MODEL": str(tiny_model_dir), "DATA": str(wiki_subset),
                   "SEQ_LEN": "16", "TRIALS": "2", "JUDGE": "none", "NUM_SHARDS": "2", "OUT": str(tmp_path / "s")}, tmp_path)
     assert res["num_units"] == 2 and res["results"]["methods"]["sequential"]["n"] == 2
+    assert res["config"]["protocol"] == "paper" and res["config"]["backends"] == ["plain", "cached"]  # the defaults
     res = _launch("_run_nlp_infill_eval.sh", {"MODEL": str(tiny_model_dir), "DATA": str(
         shared_data / "rocstories" / "cloze_test_val__spring2016.csv"), "TRIALS": "1", "EXTRA_ARGS":
         "--threads 1 --no-progress --limit 2", "OUT": str(tmp_path / "n")}, tmp_path)

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -59,25 +58,37 @@ def test_judge_nll_matches_manual_cross_entropy(local_tokenizer):
     assert n == 7 and nll == pytest.approx(manual, rel=1e-5)
 
 
-def test_paired_tests_match_scipy():
-    a = [12.1, 10.4, 11.8, 13.0, 9.9, 12.7, 11.1, 10.0]
-    b = [11.0, 10.9, 10.2, 12.1, 9.0, 12.0, 10.3, 10.5]
+def test_paired_tests_by_hand():
+    """Small asymmetric samples: every statistic computed by hand, so a swapped or missing argument shows."""
+    a, b = [2.0, 4.0, 9.0], [1.0, 1.0, 2.0]
     out = metrics.paired_tests(a, b)
-    t = stats.ttest_rel(a, b)
-    w = stats.wilcoxon(a, b)
-    u = stats.mannwhitneyu(a, b, alternative="two-sided")
-    assert out["n"] == 8
-    assert out["ttest_stat"] == pytest.approx(t.statistic) and out["ttest_p"] == pytest.approx(t.pvalue)
-    assert out["wilcoxon_stat"] == pytest.approx(w.statistic) and out["wilcoxon_p"] == pytest.approx(w.pvalue)
-    assert out["mannwhitney_stat"] == pytest.approx(u.statistic) and out["mannwhitney_p"] == pytest.approx(u.pvalue)
-    d = np.subtract(a, b)  # the t statistic by hand
-    assert out["ttest_stat"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
+    assert out["n"] == 3 and out["mean_diff"] == pytest.approx(11 / 3)
+    # paired: d = (1, 3, 7), mean 11/3, sd sqrt(28/3) -> t = 11/sqrt(28); dof 2: p = 1 - t/sqrt(2 + t^2)
+    assert out["ttest_stat"] == pytest.approx(11 / math.sqrt(28))
+    assert out["ttest_p"] == pytest.approx(1 - 11 / math.sqrt(177))
+    # independent, pooled: var a = 13, var b = 1/3, s_p^2 = 20/3 -> t = (11/3) / sqrt(20/3 * 2/3) = 11/sqrt(40), dof 4
+    assert out["ttest_ind_stat"] == pytest.approx(11 / math.sqrt(40))
+    assert out["ttest_ind_p"] == pytest.approx(2 * stats.t.sf(11 / math.sqrt(40), 4))
+    # Wilcoxon: every difference positive -> smaller rank sum 0; exact two-sided p = 2 / 2^3
+    assert out["wilcoxon_stat"] == 0.0 and out["wilcoxon_p"] == pytest.approx(0.25)
+    # Mann-Whitney U of a: 2 beats (1, 1), ties 2 -> 2.5; 4 and 9 beat all three -> 8.5
+    assert out["mannwhitney_stat"] == pytest.approx(8.5)
+    flipped = metrics.paired_tests(b, a)
+    assert flipped["ttest_stat"] == pytest.approx(-out["ttest_stat"]) and flipped["mannwhitney_stat"] == pytest.approx(0.5)
+    assert flipped["mannwhitney_p"] == pytest.approx(out["mannwhitney_p"])  # two-sided
 
 
-def test_paired_tests_degenerate_give_nan():
-    out = metrics.paired_tests([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
-    assert math.isnan(out["ttest_p"]) and out["mean_diff"] == 0.0  # zero variance: undefined, no crash
-    assert metrics.paired_tests([1.0], [2.0])["n"] == 1
+def test_wilcoxon_splits_zero_differences():
+    """zsplit (the paper's): the zero difference keeps rank 1, half on each side -> W = 0.5 (dropping it gives 0)."""
+    out = metrics.paired_tests([2.0, 4.0, 9.0, 5.0], [1.0, 1.0, 2.0, 5.0])
+    assert out["wilcoxon_stat"] == pytest.approx(0.5)
+
+
+def test_paired_tests_drop_nonfinite_pairs_and_refuse_ragged_input():
+    out = metrics.paired_tests([2.0, float("nan"), 4.0, 9.0], [1.0, 5.0, 1.0, None])
+    assert out["n"] == 2 and out["mean_diff"] == pytest.approx(2.0)  # pairs (2, 1) and (4, 1)
+    with pytest.raises(ValueError, match="equally long"):
+        metrics.paired_tests([1.0, 2.0], [1.0])
 
 
 def test_pass_at_k():

@@ -8,7 +8,8 @@
   in front so every text token is scored, and the text is cut to the judge's
   context (``n_positions``, BOS included). A method's perplexity is the mean
   (and SE) of its per-sequence perplexities.
-* ``paired_tests``: paired t-test, Wilcoxon signed-rank and Mann-Whitney U (scipy).
+* ``paired_tests``: paired and independent-samples t-tests, Wilcoxon signed-rank
+  (``zero_method="zsplit"``) and Mann-Whitney U (scipy), the paper's four.
 * ``pass_at_k``: the unbiased pass@k estimator of Chen et al. (2021).
 * ``rouge_scores`` / ``rouge_f1``: ROUGE-1/2/L precision, recall, F1 x 100 via the
   ``rouge-score`` package; ``rouge_bootstrap``: ``evaluate``'s aggregate (bootstrap mid F1).
@@ -126,28 +127,40 @@ def load_judge(name_or_path: str, device=None, revision: str | None = None):
 
 
 def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Paired t-test, Wilcoxon signed-rank (two-sided) and Mann-Whitney U (two-sided) of ``a`` vs ``b``.
+    """The paper's four two-sided tests of ``a`` vs ``b`` (pair ``i`` = one trial, two methods).
+
+    * ``ttest``: paired t-test (``scipy.stats.ttest_rel``).
+    * ``ttest_ind``: independent-samples t-test, pooled variance (``ttest_ind``).
+    * ``wilcoxon``: Wilcoxon signed-rank with ``zero_method="zsplit"``: a zero
+      difference keeps its rank, split half to each side, so identical pairs
+      (e.g. equal call counts) count as evidence of no difference instead of
+      being dropped; the statistic is the smaller rank sum.
+    * ``mannwhitney``: Mann-Whitney U; the statistic is ``a``'s U.
 
     Pairs with a non-finite value on either side are dropped. A test that is
-    undefined (too few pairs, all differences zero) gets ``nan``.
-    Returns ``{"n", "mean_diff", "ttest_stat", "ttest_p", "wilcoxon_stat", "wilcoxon_p",
-    "mannwhitney_stat", "mannwhitney_p"}`` (``mean_diff = mean(a - b)``).
+    undefined (too few pairs, zero variance, all differences zero) gets ``nan``.
+    Returns ``{"n", "mean_diff", "<test>_stat", "<test>_p"}`` for the four tests,
+    ``mean_diff = mean(a - b)``; t statistics are positive when ``a`` is larger.
     """
     from scipy import stats
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired tests need two equally long 1-D samples, got shapes {x.shape} and {y.shape}")
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     out = {"n": int(len(x)), "mean_diff": float((x - y).mean()) if len(x) else math.nan}
     tests = {
         "ttest": lambda: stats.ttest_rel(x, y),
-        "wilcoxon": lambda: stats.wilcoxon(x, y),
+        "ttest_ind": lambda: stats.ttest_ind(x, y),
+        "wilcoxon": lambda: stats.wilcoxon(x, y, zero_method="zsplit"),
         "mannwhitney": lambda: stats.mannwhitneyu(x, y, alternative="two-sided"),
     }
     for name, test in tests.items():
         try:
             with warnings.catch_warnings():  # degenerate data: scipy warns, we report nan
                 warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore", UserWarning)  # Wilcoxon: "exact p not available with zeros"
                 res = test() if len(x) >= 2 else None
             stat, p = (float(res.statistic), float(res.pvalue)) if res is not None else (math.nan, math.nan)
         except ValueError:  # e.g. Wilcoxon with all differences zero

@@ -1,13 +1,30 @@
 """Speculative-decoding comparison (spec section 6, first bullet; the paper's WikiText experiment).
 
-Text is tokenized with the AS-ARM's tokenizer and packed into ``--seq-len``
-chunks. Trial ``t`` takes chunk ``t mod #chunks``, keeps a uniformly random
-``--visible-frac`` of its positions (sorted order) and generates the rest with
-every method (sequential, ASSD, n-gram draft; optionally also with a baseline
-model such as the off-the-shelf ``xlnet-base-cased``). Per sample it records
-NFE, CUDA-synchronised wall-clock, the prompt and the decoded text, the
-judge's NLL and the unigram entropy; per method it reports means and standard
-errors, and paired tests of sequential vs every other method.
+WikiText rows are tokenized with the AS-ARM's tokenizer, each followed by
+``</s>``, and packed into ``--seq-len`` chunks. Trial ``t`` takes chunk ``t``,
+keeps a uniformly random subset of its positions visible (sorted order) and
+generates the rest with every method (sequential, ASSD, n-gram draft;
+optionally also with a baseline model such as the off-the-shelf
+``xlnet-base-cased``). Per sample it records NFE, CUDA-synchronised
+wall-clock per decoder backend, the prompt and the decoded text, the judge's
+NLL and the unigram entropy; per method it reports means and standard errors,
+and the paper's four tests of sequential vs every other method.
+
+The choices that move the numbers follow ``--protocol`` (``evaluation.protocol``):
+
+* ``--wikitext-specials``: paper: every row (blank ones too) encoded with the
+  specials (``<sep><cls>``), then ``</s>``; asarm: non-blank rows as plain
+  text, each followed by ``</s>``.
+* ``--reuse-chunks``: paper: no, the trials stop when the chunks run out;
+  asarm: yes, trial ``t`` takes chunk ``t mod C``.
+* ``--visible-rule``: paper: ``int(frac N) + 1``; asarm: ``round(frac N)`` in ``[1, N - 1]``.
+* ``--judge-specials``: paper: the judged text is ``tokenizer.decode(seq)``,
+  special tokens kept; asarm: special tokens dropped.
+* ``--banned``: paper: only ``<mask>`` is never sampled; asarm: no special token is.
+
+``--backends plain cached`` times every sample with both decoders (the
+paper's recomputing one and asarm's K/V cache): the first backend's sample is
+the one recorded and judged, every backend gets its own time column.
 
 Generative perplexity convention: ``exp(mean token NLL)`` of each decoded
 sequence under the judge (default ``gpt2-large``), with the judge's BOS in
@@ -18,51 +35,113 @@ tokens (the AS-ARM's tokens when no judge is loaded), averaged.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
 from .metrics import mean_se, paired_tests, unigram_entropy
+from .protocol import add_protocol_argument, apply_protocol
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
-from .sources import default_data, load_rows, read_text
+from .sources import default_data, load_rows, read_text, require_fields
 
 METRICS = ("nfe", "time_s", "ppl", "entropy", "model_nll")
 METRIC_NAMES = {"nfe": "NFE", "time_s": "time (s)", "ppl": "gen. PPL", "entropy": "entropy (bits)",
                 "model_nll": "model NLL/token"}
+BACKENDS = ("cached", "plain")
+VISIBLE_RULES = ("round", "int_plus_one")
+# command option -> protocol field, for the options not named like their field
+PROTOCOL_OPTIONS = {"visible_rule": "visible", "reuse_chunks": "wikitext_reuse"}
 
 
 # ---------------------------------------------------------------------------- data
-def load_text(source: str) -> str:
-    """Evaluation text: a local file (WikiText ``wiki.test.raw``) or ``hf:wikitext:wikitext-2-raw-v1@test``."""
+def load_wikitext_rows(source: str) -> list[str]:
+    """WikiText rows as the hub gives them: ``" = Title = \\n"``, blank rows ``""``.
+
+    ``hf:...`` rows are used as given (blank rows included). A local file's
+    rows are its lines (``\\r\\n`` normalised), each given back its ``"\\n"``
+    like a hub row; a blank line becomes ``""``. (The shared ``wiki.test.raw``
+    has its blank rows dropped, so it packs a little differently from the hub.)
+    """
     if source.startswith("hf:"):
         rows = load_rows(source, "test", None)
-        return "\n".join(r["text"].rstrip("\n") for r in rows if r.get("text", "").strip())
-    return read_text(source)
+        require_fields(rows, ["text"], source)
+        return [r["text"] for r in rows]
+    return [line + "\n" if line.strip() else "" for line in read_text(source).splitlines()]
 
 
-def pack_chunks(text: str, tokenizer, seq_len: int) -> list[list[int]]:
-    """Tokenize ``text`` and cut it into full ``seq_len``-token chunks (the remainder is dropped)."""
+def encode_rows(rows: list[str], tokenizer, specials: bool) -> list[int]:
+    """One token stream of ``rows``, every row followed by ``</s>``.
+
+    ``specials=True`` (paper): each row is encoded WITH the tokenizer's specials
+    (XLNet appends ``<sep><cls>``), blank rows too (``"" -> <sep><cls></s>``).
+    ``specials=False`` (asarm): blank rows are skipped, the others encoded as
+    plain text (no specials) and separated by ``</s>``.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token ('</s>'), which separates packed rows; use XLNet's tokenizer")
+    kept = rows if specials else [r for r in rows if r.strip()]
+    if not kept:
+        return []
+    ids: list[int] = []
+    for row_ids in tokenizer(kept, add_special_tokens=specials)["input_ids"]:
+        ids += row_ids + [eos]
+    return ids
+
+
+def pack_chunks(ids: list[int], seq_len: int) -> list[list[int]]:
+    """Cut a token stream into full ``seq_len``-token chunks; the last partial chunk is dropped (as the paper's)."""
     if seq_len < 2:
         raise ValueError(f"--seq-len must be >= 2, got {seq_len}")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     chunks = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
     if not chunks:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than one chunk of --seq-len {seq_len}")
     return chunks
 
 
-def num_visible_for(seq_len: int, frac: float) -> int:
-    """Prompt size ``m = round(frac * N)``, kept in ``[1, N - 1]``."""
+def load_chunks(source: str, tokenizer, seq_len: int, specials: bool) -> list[list[int]]:
+    """``pack_chunks(encode_rows(load_wikitext_rows(source), ...))``: the evaluation's chunks."""
+    return pack_chunks(encode_rows(load_wikitext_rows(source), tokenizer, specials), seq_len)
+
+
+def num_visible_for(seq_len: int, frac: float, rule: str = "round") -> int:
+    """Prompt size ``m`` of an ``N = seq_len`` chunk.
+
+    ``round``: ``round(frac N)`` kept in ``[1, N - 1]``; ``int_plus_one``: ``int(frac N) + 1``
+    (the paper's; 26 for N = 512 at 5%), which must leave a token to generate.
+    """
     if not 0 < frac < 1:
         raise ValueError(f"--visible-frac must be in (0, 1), got {frac}")
-    return min(seq_len - 1, max(1, round(frac * seq_len)))
+    if rule == "round":
+        return min(seq_len - 1, max(1, round(frac * seq_len)))
+    if rule == "int_plus_one":
+        m = int(seq_len * frac) + 1
+        if m >= seq_len:
+            raise ValueError(f"--visible-rule int_plus_one shows {m} of {seq_len} tokens, nothing is left to "
+                             "generate; lower --visible-frac or use --visible-rule round")
+        return m
+    raise ValueError(f"--visible-rule must be one of {', '.join(VISIBLE_RULES)}, not {rule!r}")
 
 
-def build_units(chunks: list[list[int]], trials: int) -> list[Unit]:
-    """Trial ``t`` uses chunk ``t mod len(chunks)``."""
-    return [Unit(f"trial-{t:05d}", {"trial": t, "chunk": t % len(chunks), "ids": chunks[t % len(chunks)]})
-            for t in range(trials)]
+def build_units(chunks: list[list[int]], trials: int, reuse: bool = True) -> list[Unit]:
+    """Trial ``t`` uses chunk ``t`` (``t mod len(chunks)`` with ``reuse``; without it the
+    trials stop when the chunks run out, as the paper's loop over its packed data set)."""
+    if trials < 1:
+        raise ValueError("--trials must be >= 1")
+    n = trials if reuse else min(trials, len(chunks))
+    return [Unit(f"trial-{t:05d}", {"trial": t, "chunk": t % len(chunks), "num_chunks": len(chunks),
+                                    "ids": chunks[t % len(chunks)]})
+            for t in range(n)]
+
+
+def judged_text(ids: list[int], tokenizer, keep_specials: bool) -> str:
+    """The text the judge scores: the whole decoded sequence, special tokens kept
+    (``tokenizer.decode(ids)``, the paper's) or dropped (asarm)."""
+    if keep_specials:
+        return tokenizer.decode(ids)
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------------------- one trial
@@ -103,7 +182,12 @@ def score_text(text: str, ids: list[int], judge) -> dict:
 
 
 def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg: dict) -> list[dict]:
-    """Every system on one trial: records ``{"trial", "chunk", "method", "nfe", "time_s", ...}``."""
+    """Every system on one trial: records ``{"trial", "chunk", "method", "nfe", "time_s", ...}``.
+
+    ``cfg``: ``visible_frac``, ``visible_rule``, ``k``, ``temperature``, ``backends``
+    (the first one's sample is recorded; with several, ``time_<backend>_s`` each,
+    from the same seed, and ``backends_agree``) and ``judge_specials``.
+    """
     import torch
 
     from ..orders import random_sorted_order
@@ -111,29 +195,43 @@ def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg:
     model0 = systems[0]["model"]
     ids = torch.tensor([unit.payload["ids"]], device=model0.device)
     n = ids.shape[1]
-    m = num_visible_for(n, cfg["visible_frac"])
+    m = num_visible_for(n, cfg["visible_frac"], cfg["visible_rule"])
     g = torch.Generator().manual_seed(seed)
     sigma = random_sorted_order(1, n, m, generator=g).to(model0.device)
     m_t = torch.tensor([m], device=model0.device)
     masked = ids.masked_fill(sigma >= m, tokenizer.mask_token_id)
     prompt = tokenizer.decode(masked[0].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    backends = cfg["backends"]
     records = []
     for i, system in enumerate(systems):
         model = system["model"]
-        gen = torch.Generator(device=model.device).manual_seed((seed + 7919 * (i + 1)) % 2**63)
-        out, seconds = timed_sample(model, masked, sigma, m_t, method=system["method"], k=cfg["k"],
-                                    temperature=cfg["temperature"], generator=gen, backend=cfg["backend"])
+        outs, times = [], {}
+        for backend in backends:  # the same seed per backend: the same sample up to float rounding
+            gen = torch.Generator(device=model.device).manual_seed((seed + 7919 * (i + 1)) % 2**63)
+            out, times[backend] = timed_sample(model, masked, sigma, m_t, method=system["method"], k=cfg["k"],
+                                               temperature=cfg["temperature"], generator=gen, backend=backend)
+            outs.append(out)
+        out = outs[0]
         seq = out.sequences[0].tolist()
-        text = tokenizer.decode(seq, skip_special_tokens=True)
+        text = judged_text(seq, tokenizer, cfg["judge_specials"])
         model_lp = float(model.joint_log_prob(out.sequences, sigma, m_t)[0])
-        records.append({
-            "trial": unit.payload["trial"], "chunk": unit.payload["chunk"], "method": system["label"],
-            "num_visible": m, "length": n, "nfe": int(out.nfe[0]), "time_s": seconds,
-            "drafted": int(out.drafted[0]), "accepted": int(out.accepted[0]),
+        record = {
+            "trial": unit.payload["trial"], "chunk": unit.payload["chunk"], "num_chunks": unit.payload["num_chunks"],
+            "method": system["label"], "num_visible": m, "length": n, "nfe": int(out.nfe[0]),
+            "time_s": times[backends[0]], "drafted": int(out.drafted[0]), "accepted": int(out.accepted[0]),
             "model_nll": -model_lp / (n - m), "prompt": prompt, "text": text,
             **score_text(text, seq, judge),
-        })
+        }
+        if len(backends) > 1:
+            record.update({time_key(b): times[b] for b in backends})
+            record["backends_agree"] = all(torch.equal(o.sequences, out.sequences) for o in outs[1:])
+        records.append(record)
     return records
+
+
+def time_key(backend: str) -> str:
+    """The record field of one backend's wall-clock: ``time_plain_s``."""
+    return f"time_{backend}_s"
 
 
 # ---------------------------------------------------------------------------- setup
@@ -147,6 +245,8 @@ def load_systems(args, model, tokenizer) -> list[dict]:
         if base.vocab_size != model.vocab_size:
             raise ValueError(f"--baseline-model has vocabulary {base.vocab_size}, the model {model.vocab_size}: "
                              "they must share the tokenizer")
+        # the baseline samples the same vocabulary as the model (--banned / --protocol)
+        base = ASARM(base.xlnet, base.mask_token_id, model.banned_token_ids)
         base = base.to(device=model.device, dtype=model.dtype).eval()
         name = Path(args.baseline_model).name
         systems += [{"label": f"{name}:{m}", "model": base, "method": m} for m in args.baseline_methods]
@@ -188,6 +288,10 @@ def check_judge_early(name: str | None) -> None:
 def run(args) -> int:
     from ..cli import load_model_and_tokenizer
 
+    apply_protocol(args, PROTOCOL_OPTIONS)  # first: config.json records the resolved settings
+    if len(set(args.backends)) != len(args.backends):
+        raise ValueError(f"--backends lists a backend twice: {' '.join(args.backends)}")
+    num_visible_for(args.seq_len, args.visible_frac, args.visible_rule)
     check_judge_early(args.judge)
     loaded = {}
 
@@ -197,12 +301,14 @@ def run(args) -> int:
         return loaded["mt"]
 
     _, tokenizer = model_and_tokenizer()
-    chunks = pack_chunks(load_text(args.data), tokenizer, args.seq_len)
-    num_visible_for(args.seq_len, args.visible_frac)
-    if args.trials < 1:
-        raise ValueError("--trials must be >= 1")
-    units = build_units(chunks, args.trials)
-    cfg = {"visible_frac": args.visible_frac, "k": args.k, "temperature": args.temperature, "backend": args.backend}
+    chunks = load_chunks(args.data, tokenizer, args.seq_len, args.wikitext_specials)
+    units = build_units(chunks, args.trials, args.reuse_chunks)
+    if len(units) < args.trials:
+        print(f"note: the text packs into {len(chunks)} chunks of {args.seq_len} tokens and chunks are not reused "
+              f"(--no-reuse-chunks, the paper's): {len(units)} trials instead of --trials {args.trials}",
+              file=sys.stderr)
+    cfg = {"visible_frac": args.visible_frac, "visible_rule": args.visible_rule, "k": args.k,
+           "temperature": args.temperature, "backends": list(args.backends), "judge_specials": args.judge_specials}
 
     def make_process():
         model, tok = model_and_tokenizer()
@@ -215,64 +321,97 @@ def run(args) -> int:
 
 
 # ---------------------------------------------------------------------------- summary
+def metric_keys(config: dict) -> list[str]:
+    """The summarised record fields: ``METRICS``; with several backends ``time_<backend>_s`` each
+    instead of ``time_s`` (which repeats the first backend's)."""
+    backends = config.get("backends") or []
+    if len(backends) < 2:
+        return list(METRICS)
+    return [k for k in METRICS if k != "time_s"] + [time_key(b) for b in backends]
+
+
+def metric_name(key: str) -> str:
+    """Column name of a metric: ``METRIC_NAMES``, or ``time plain (s)`` for a backend's time."""
+    if key in METRIC_NAMES:
+        return METRIC_NAMES[key]
+    return f"time {key[len('time_'):-len('_s')]} (s)"
+
+
 def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, str]:
-    """Per-method means/SEs, paired tests vs sequential, table and ``distributions.png``."""
+    """Per-method means/SEs, the four tests vs sequential, table and ``distributions.png``."""
+    keys = metric_keys(config)
     labels = list(dict.fromkeys(r["method"] for r in records))
-    by = {lab: [r for r in records if r["method"] == lab] for lab in labels}
+    by = {lab: sorted((r for r in records if r["method"] == lab), key=lambda r: r["trial"]) for lab in labels}
     per_method = {}
     for lab, rs in by.items():
         row = {"n": len(rs)}
-        for key in METRICS:
+        for key in keys:
             row[key + "_mean"], row[key + "_se"] = mean_se([r.get(key) for r in rs])
         drafted = sum(r["drafted"] for r in rs)
         row["acceptance_rate"] = sum(r["accepted"] for r in rs) / drafted if drafted else None
+        if any("backends_agree" in r for r in rs):
+            row["backends_agree"] = sum(bool(r.get("backends_agree")) for r in rs)
         errors = {r.get("judge_error") for r in rs} - {None}
         row["ppl_note"] = "; ".join(sorted(errors)) or None
         per_method[lab] = row
-    tests = {}
-    ref = next((lab for lab in labels if lab == "sequential"), None)
-    for lab in labels:
-        if ref is None or lab == ref or ":" in lab:
-            continue
-        tests[f"{ref} vs {lab}"] = {key: paired_tests([r.get(key) for r in by[ref]], [r.get(key) for r in by[lab]])
-                                    for key in METRICS}
+    pairs = []
+    if "sequential" in by:
+        pairs += [("sequential", lab) for lab in labels if lab != "sequential" and ":" not in lab]
     for lab in labels:  # baseline model: its own sequential vs its other methods
         base, _, meth = lab.partition(":")
         if meth and meth != "sequential" and f"{base}:sequential" in by:
-            tests[f"{base}:sequential vs {lab}"] = {
-                key: paired_tests([r.get(key) for r in by[f"{base}:sequential"]], [r.get(key) for r in by[lab]])
-                for key in METRICS}
+            pairs.append((f"{base}:sequential", lab))
+    tests = {f"{ref} vs {lab}": {key: paired_tests([r.get(key) for r in by[ref]], [r.get(key) for r in by[lab]])
+                                 for key in keys}
+             for ref, lab in pairs}
+    trials = {r["trial"] for r in records}
     plot = plot_distributions(by, Path(out_dir) / "distributions.png")
     results = {"methods": per_method, "paired_tests": tests, "plot": plot,
+               "num_trials": len(trials), "num_chunks": records[0].get("num_chunks") if records else None,
                "ppl_convention": "per-sequence exp(mean judge token NLL), judge BOS prepended, text cut to the "
                                  "judge's context; mean and SE over sequences"}
-    return results, format_table(per_method, tests, config)
+    return results, format_table(per_method, tests, config, results)
 
 
-def format_table(per_method: dict, tests: dict, config: dict) -> str:
-    """Markdown: one row per method, then the paired tests' p-values."""
-    header = ["method", "n", "NFE", "time (s)", "gen. PPL", "entropy (bits)", "model NLL/token", "accept rate"]
+def format_table(per_method: dict, tests: dict, config: dict, results: dict | None = None) -> str:
+    """Markdown: one row per method (one time column per backend), then the tests' p-values."""
+    keys = metric_keys(config)
+    time_cols = [k for k in keys if k.startswith("time_")]
+    header = ["method", "n", "NFE", *(metric_name(k) for k in time_cols), "gen. PPL", "entropy (bits)",
+              "model NLL/token", "accept rate"]
     rows = []
     for lab, r in per_method.items():
         ppl = pm(r["ppl_mean"], r["ppl_se"]) if r["ppl_mean"] == r["ppl_mean"] else f"n/a ({r['ppl_note']})"
         acc = f"{r['acceptance_rate']:.3f}" if r["acceptance_rate"] is not None else "-"
-        rows.append([lab, r["n"], pm(r["nfe_mean"], r["nfe_se"], 1), pm(r["time_s_mean"], r["time_s_se"], 3), ppl,
+        rows.append([lab, r["n"], pm(r["nfe_mean"], r["nfe_se"], 1),
+                     *(pm(r[k + "_mean"], r[k + "_se"], 3) for k in time_cols), ppl,
                      pm(r["entropy_mean"], r["entropy_se"], 3), pm(r["model_nll_mean"], r["model_nll_se"], 3), acc])
     model = config.get("model")
     model = model if os.path.isdir(str(model)) else f"{model} ({config.get('revision')})"
     out = [f"Speculative decoding: model {model}, "
-           f"k={config.get('k')}, T={config.get('temperature')}, visible {config.get('visible_frac')}, "
-           f"seq-len {config.get('seq_len')}", "", markdown_table(header, rows)]
+           f"k={config.get('k')}, T={config.get('temperature')}, visible {config.get('visible_frac')} "
+           f"({config.get('visible_rule')}), seq-len {config.get('seq_len')}, "
+           f"rows {'with' if config.get('wikitext_specials') else 'without'} specials, "
+           f"judged text {'with' if config.get('judge_specials') else 'without'} specials, "
+           f"banned {config.get('banned')}", "", markdown_table(header, rows)]
+    results = results or {}
+    if results.get("num_trials") is not None and results["num_trials"] < (config.get("trials") or 0):
+        out += ["", f"{results['num_trials']} trials, not --trials {config['trials']}: the text packs into "
+                    f"{results['num_chunks']} chunks and chunks are not reused (--no-reuse-chunks)."]
+    if len(time_cols) > 1:
+        out += ["", f"Every sample timed with each backend ({', '.join(config['backends'])}) from the same seed; "
+                    f"the first backend's sample is the one scored."]
     if tests:
         t_rows = []
         for pair, by_metric in tests.items():
             for key, t in by_metric.items():
                 if not t["n"]:
                     continue  # e.g. perplexity without a judge
-                t_rows.append([pair, METRIC_NAMES[key], t["n"], _p(t["mean_diff"]), _p(t["ttest_p"]),
-                               _p(t["wilcoxon_p"]), _p(t["mannwhitney_p"])])
-        out += ["", "Paired tests (p-values; mean diff = first - second):", "",
-                markdown_table(["pair", "metric", "n", "mean diff", "t-test", "Wilcoxon", "Mann-Whitney"], t_rows)]
+                t_rows.append([pair, metric_name(key), t["n"], _p(t["mean_diff"]), _p(t["ttest_p"]),
+                               _p(t["ttest_ind_p"]), _p(t["wilcoxon_p"]), _p(t["mannwhitney_p"])])
+        out += ["", "Tests (two-sided p-values; mean diff = first - second; Wilcoxon zero_method=zsplit):", "",
+                markdown_table(["pair", "metric", "n", "mean diff", "paired t", "independent t", "Wilcoxon",
+                                "Mann-Whitney"], t_rows)]
     return "\n".join(out)
 
 
@@ -293,7 +432,7 @@ def plot_distributions(by_method: dict[str, list[dict]], path: Path) -> str | No
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in ((axes[0], "nfe", "network calls (NFE)"), (axes[1], "time_s", "wall-clock (s)")):
+    for ax, key, title in ((axes[0], "nfe", "network calls (NFE)"), (axes[1], "time_s", "wall-clock (s), first backend")):
         values = [r[key] for rs in by_method.values() for r in rs]
         if key == "nfe":  # integer bins shared by every method
             step = max(1, (max(values) - min(values)) // 40)
@@ -322,15 +461,29 @@ def register(sub) -> None:
     add_model_arguments(p, asarm_revision="nlp_210k_plus_75k")
     p.add_argument("--data", default=default_data("wikitext-2-raw/wiki.test.raw"),
                    help="text file, or hf:wikitext:wikitext-2-raw-v1@test (default: %(default)s)")
+    add_protocol_argument(p)
     p.add_argument("--seq-len", type=int, default=512, help="packed chunk length (default: %(default)s)")
+    p.add_argument("--wikitext-specials", action=argparse.BooleanOptionalAction, default=None,
+                   help="encode every row (blank ones too) with the tokenizer's specials (<sep><cls>) before its "
+                        "</s>, as the paper; --no-wikitext-specials: non-blank rows as plain text joined by </s> "
+                        "(default: from --protocol)")
     p.add_argument("--visible-frac", type=float, default=0.05, help="fraction of positions visible (default: %(default)s)")
+    p.add_argument("--visible-rule", default=None, choices=VISIBLE_RULES,
+                   help="prompt size: round(frac N) or int(frac N) + 1 (the paper's) (default: from --protocol)")
     p.add_argument("--trials", type=int, default=700, help="number of trials (default: %(default)s)")
+    p.add_argument("--reuse-chunks", action=argparse.BooleanOptionalAction, default=None,
+                   help="with fewer chunks than --trials, wrap around; --no-reuse-chunks stops when the chunks "
+                        "run out, as the paper (default: from --protocol)")
     p.add_argument("--methods", nargs="+", default=["sequential", "assd", "ngram"],
                    choices=["sequential", "assd", "ngram"], help="sampling methods (default: %(default)s)")
     p.add_argument("--k", type=int, default=5, help="draft length (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
-    p.add_argument("--backend", default="cached", choices=["cached", "plain"],
-                   help="decoder: cached K/V (fast) or plain recomputation (the paper's); same samples (default: %(default)s)")
+    p.add_argument("--backends", nargs="+", default=["cached"], choices=BACKENDS,
+                   help="decoders that time every sample: cached K/V (fast) and/or plain recomputation (the "
+                        "paper's), e.g. '--backends plain cached' for both time columns; same seed, same samples; "
+                        "the first one's sample is scored (default: %(default)s)")
+    p.add_argument("--banned", default=None, choices=["specials", "mask"],
+                   help="never sample any special token, or only <mask> (the paper's) (default: from --protocol)")
     p.add_argument("--baseline-model", default=None,
                    help="also run an off-the-shelf model, e.g. xlnet/xlnet-base-cased (same tokenizer)")
     p.add_argument("--baseline-revision", default=None)
@@ -338,5 +491,8 @@ def register(sub) -> None:
                    choices=["sequential", "assd", "ngram"])
     p.add_argument("--judge", default="gpt2-large",
                    help="causal LM for generative perplexity, local dir or hub id; 'none' to skip (default: %(default)s)")
+    p.add_argument("--judge-specials", action=argparse.BooleanOptionalAction, default=None,
+                   help="judge the decoded text with its special tokens kept (tokenizer.decode, the paper's); "
+                        "--no-judge-specials drops them (default: from --protocol)")
     add_run_arguments(p, "outputs/speculative")
     p.set_defaults(func=run)
