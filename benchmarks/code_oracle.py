@@ -13,12 +13,15 @@ trained on the Python standard library (``--train-chars``, ``--vocab-size``),
 or ``--tokenizer DIR`` (e.g. a local copy of xlnet-base-cased). Characters of
 the files it cannot encode (``<unk>``) are counted separately.
 
-Prints one markdown table: file, tasks, exact round trips, pass@1 of the
-oracle, failures by cause.
+Prints one markdown table: file, encoding, tasks, masks per task, exact
+round trips, pass@1 of the oracle, failures by cause. ``--encodings
+paper-code`` adds the paper's released script, emulated on the same ids
+(its two bugs included), for comparison.
 
 Usage:
     python benchmarks/code_oracle.py --workers 2                       # all four files, both encodings
     python benchmarks/code_oracle.py single-line --encodings separate --limit 100
+    python benchmarks/code_oracle.py --encodings paper-code --only-differing
 """
 
 from __future__ import annotations
@@ -32,19 +35,37 @@ from collections import Counter
 from pathlib import Path
 
 from asarm.evaluation.execution import check_many
-from asarm.evaluation.infill_code import (BENCHMARKS, build_inputs, completion_text, failure_cause,
-                                          load_problems)
+from asarm.evaluation.infill_code import (BENCHMARKS, build_inputs, completion_text, failure_cause, load_problems,
+                                          middle_loss)
+from asarm.tokenizer import decode_code_whitespace, make_encoder
 
 DATA = Path(os.environ.get("ASARM_SHARED_DATA", "eval_datasets")) / "human-eval-infilling"
 
 
-def oracle_completions(problems: list[dict], tokenizer, encoding: str, code: bool = True) -> list[str]:
-    """The completion infill-code's path makes of each problem's own middle ids (``--context full``)."""
-    out = []
+def paper_code_completion(problem: dict, tokenizer) -> str:
+    """What the paper's released script makes of the canonical middle ids (its bugs, emulated for comparison).
+
+    Separate encoding; the middle decoded alone with ``tokenizer.decode``, the
+    whitespace specials mapped back, its first character dropped; and an empty
+    completion whenever the suffix is empty (its ``[len(prefix):-len(suffix)]``
+    slice is ``[n:-0]``). asarm never does this; ``--method oracle`` does not.
+    """
+    if not problem["suffix"]:
+        return ""
+    middle = make_encoder(tokenizer, True)(problem["canonical_solution"])
+    return decode_code_whitespace(tokenizer.decode(middle))[1:]
+
+
+def oracle_completions(problems: list[dict], tokenizer, encoding: str, code: bool = True) -> tuple[list[str], float]:
+    """``(completions, mean mask count)``: what infill-code's path makes of each problem's own middle ids
+    (``--context full``); ``encoding="paper-code"``: ``paper_code_completion``."""
+    out, masks = [], 0
     for p in problems:
-        inputs = build_inputs(p, tokenizer, code, encoding, max_length=None)
-        out.append(completion_text(inputs["middle"], inputs, tokenizer, code))
-    return out
+        inputs = build_inputs(p, tokenizer, code, "separate" if encoding == "paper-code" else encoding, max_length=None)
+        masks += inputs["num_masked"]
+        out.append(paper_code_completion(p, tokenizer) if encoding == "paper-code"
+                   else completion_text(inputs["middle"], inputs, tokenizer, code))
+    return out, masks / len(problems)
 
 
 def oov_characters(problems: list[dict], tokenizer) -> tuple[set[str], int]:
@@ -54,21 +75,42 @@ def oov_characters(problems: list[dict], tokenizer) -> tuple[set[str], int]:
     return unk, sum(any(c in unk for c in p["canonical_solution"]) for p in problems)
 
 
-def run_file(problems: list[dict], tokenizer, encoding: str, workers: int, timeout: float) -> dict:
-    """Oracle completions, execution and failure causes for one file."""
-    completions = oracle_completions(problems, tokenizer, encoding)
-    results = check_many(list(zip(problems, completions)), timeout=timeout, workers=workers)
-    causes = Counter(failure_cause(p, r.status, tokenizer, True, encoding)
-                     for p, c, r in zip(problems, completions, results) if not r.passed)
+def run_file(problems: list[dict], tokenizer, encoding: str, workers: int, timeout: float,
+             only_differing: bool = False) -> dict:
+    """Oracle completions, execution and failure causes for one file.
+
+    ``only_differing``: a completion equal to the canonical solution counts as
+    passed without being run (sound once ``--method canonical`` passes them all).
+    """
+    completions, masks = oracle_completions(problems, tokenizer, encoding)
+    run = [i for i, (p, c) in enumerate(zip(problems, completions))
+           if not (only_differing and c == p["canonical_solution"])]
+    ran = check_many([(problems[i], completions[i]) for i in run], timeout=timeout, workers=workers)
+    passed = [True] * len(problems)
+    status = ["passed"] * len(problems)
+    for i, r in zip(run, ran):
+        passed[i], status[i] = r.passed, r.status
+    cause_encoding = "separate" if encoding == "paper-code" else encoding
+    causes = Counter(
+        "paper's code: empty suffix, empty completion" if encoding == "paper-code" and not p["suffix"] else
+        "paper's code: middle decoded alone, first character dropped" if encoding == "paper-code" and
+        middle_loss(p, tokenizer, True, "separate") is None else
+        failure_cause(p, s, tokenizer, True, cause_encoding)
+        for p, ok, s in zip(problems, passed, status) if not ok)
     return {"tasks": len(problems), "exact": sum(c == p["canonical_solution"] for p, c in zip(problems, completions)),
-            "passed": sum(r.passed for r in results), "causes": dict(causes.most_common())}
+            "passed": sum(passed), "executed": len(run), "masks_per_task": masks, "causes": dict(causes.most_common())}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="*", default=list(BENCHMARKS), help="benchmark names or .jsonl(.gz) paths "
                     "(default: all four)")
-    ap.add_argument("--encodings", nargs="+", default=["continuation", "separate"], choices=["continuation", "separate"])
+    ap.add_argument("--encodings", nargs="+", default=["continuation", "separate"],
+                    choices=["continuation", "separate", "paper-code"],
+                    help="asarm's continuation, the paper's separate encoding (both through infill-code's path), "
+                         "or the paper's script emulated, bugs included (paper-code)")
+    ap.add_argument("--only-differing", action="store_true",
+                    help="run only completions that differ from the canonical solution (count the rest as passed)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train the local one)")
     ap.add_argument("--vocab-size", type=int, default=1500)
     ap.add_argument("--train-chars", type=int, default=1_000_000, help="stdlib characters to train on")
@@ -98,16 +140,17 @@ def main(argv=None) -> int:
         problems = load_problems(str(path))[:args.limit]
         unk, unk_tasks = oov_characters(problems, tokenizer)
         for encoding in args.encodings:
-            res = run_file(problems, tokenizer, encoding, args.workers, args.timeout)
+            res = run_file(problems, tokenizer, encoding, args.workers, args.timeout, args.only_differing)
             res.update(oov_chars="".join(sorted(unk)), oov_middle_tasks=unk_tasks)
             report["files"][f"{name}/{encoding}"] = res
             causes = "; ".join(f"{c}: {n}" for c, n in res["causes"].items()) or "-"
-            rows.append(f"| {name} | {encoding} | {res['tasks']} | {100 * res['exact'] / res['tasks']:.2f} | "
-                        f"{100 * res['passed'] / res['tasks']:.2f} | {len(unk)} ({unk_tasks}) | {causes} |")
+            rows.append(f"| {name} | {encoding} | {res['tasks']} | {res['masks_per_task']:.1f} | "
+                        f"{100 * res['exact'] / res['tasks']:.2f} | {100 * res['passed'] / res['tasks']:.2f} | "
+                        f"{len(unk)} ({unk_tasks}) | {causes} |")
             print(rows[-1], flush=True)
     print(f"\nTokenizer: {tok_name}; {platform.machine()}, {os.cpu_count()} CPUs, {time.perf_counter() - t0:.0f} s\n")
-    print("| file | encoding | tasks | exact round trip % | pass@1 oracle % | OOV chars (middles with one) | "
-          "failures by cause |\n|---|---|---|---|---|---|---|")
+    print("| file | encoding | tasks | masks/task | exact round trip % | pass@1 oracle % | "
+          "OOV chars (middles with one) | failures by cause |\n|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -155,3 +155,21 @@ def test_cli_context_full_runs_past_max_length(shared_data, tokenizer_dir, tmp_p
     assert "the model allows 8" in capsys.readouterr().err
     assert main([*base, "--context", "full", "--output-dir", str(tmp_path / "f")]) == 0
     assert json.loads((tmp_path / "f" / "results.json").read_text())["results"]["pass@1"] == 100.0
+
+
+def test_benchmark_emulates_the_papers_two_bugs(shared_data, local_tokenizer):
+    """benchmarks/code_oracle.py's paper-code row: empty completion for an empty suffix, first character lost."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("code_oracle", Path(__file__).parents[1] / "benchmarks" / "code_oracle.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    empty = next(p for p in _problems(shared_data, "single-line") if not p["suffix"])
+    assert bench.paper_code_completion(empty, local_tokenizer) == ""
+    mid = next(p for p in _problems(shared_data, "random-span-light") if ends_mid_segment(p["prompt"], True)
+               and p["canonical_solution"][:1].isalpha() and not any(
+                   t in p["canonical_solution"] for t in ("''", "\n", "\t", "  ")))
+    assert bench.paper_code_completion(mid, local_tokenizer) == mid["canonical_solution"][1:]
+    completions, masks = bench.oracle_completions([empty, mid], local_tokenizer, "continuation")
+    assert completions == [empty["canonical_solution"], mid["canonical_solution"]] and masks >= 1
