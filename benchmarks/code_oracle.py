@@ -93,7 +93,7 @@ def run_file(problems: list[dict], tokenizer, encoding: str, workers: int, timeo
     cause_encoding = "separate" if encoding == "paper-code" else encoding
     causes = Counter(
         "paper's code: empty suffix, empty completion" if encoding == "paper-code" and not p["suffix"] else
-        "paper's code: middle decoded alone, first character dropped" if encoding == "paper-code" and
+        "paper's code: middle decoded alone by tokenizer.decode (a space after each special), first character dropped" if encoding == "paper-code" and
         middle_loss(p, tokenizer, True, "separate") is None else
         failure_cause(p, s, tokenizer, True, cause_encoding)
         for p, ok, s in zip(problems, passed, status) if not ok)
