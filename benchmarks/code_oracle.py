@@ -56,6 +56,16 @@ def paper_code_completion(problem: dict, tokenizer) -> str:
     return decode_code_whitespace(tokenizer.decode(middle))[1:]
 
 
+def paper_code_cause(problem: dict, status: str, tokenizer) -> str:
+    """Why ``paper_code_completion`` failed a task: one of its bugs, else what the separate encoding loses."""
+    if not problem["suffix"]:
+        return "paper's code: empty suffix, empty completion"
+    if middle_loss(problem, tokenizer, True, "separate") is None:
+        return ("paper's code: middle decoded alone by tokenizer.decode (a space after each special), "
+                "first character dropped")
+    return failure_cause(problem, status, tokenizer, True, "separate")
+
+
 def oracle_completions(problems: list[dict], tokenizer, encoding: str, code: bool = True) -> tuple[list[str], float]:
     """``(completions, mean mask count)``: what infill-code's path makes of each problem's own middle ids
     (``--context full``); ``encoding="paper-code"``: ``paper_code_completion``."""
@@ -90,13 +100,9 @@ def run_file(problems: list[dict], tokenizer, encoding: str, workers: int, timeo
     status = ["passed"] * len(problems)
     for i, r in zip(run, ran):
         passed[i], status[i] = r.passed, r.status
-    cause_encoding = "separate" if encoding == "paper-code" else encoding
-    causes = Counter(
-        "paper's code: empty suffix, empty completion" if encoding == "paper-code" and not p["suffix"] else
-        "paper's code: middle decoded alone by tokenizer.decode (a space after each special), first character dropped" if encoding == "paper-code" and
-        middle_loss(p, tokenizer, True, "separate") is None else
-        failure_cause(p, s, tokenizer, True, cause_encoding)
-        for p, ok, s in zip(problems, passed, status) if not ok)
+    cause = (lambda p, st: paper_code_cause(p, st, tokenizer)) if encoding == "paper-code" else \
+        (lambda p, st: failure_cause(p, st, tokenizer, True, encoding))
+    causes = Counter(cause(p, st) for p, ok, st in zip(problems, passed, status) if not ok)
     return {"tasks": len(problems), "exact": sum(c == p["canonical_solution"] for p, c in zip(problems, completions)),
             "passed": sum(passed), "executed": len(run), "masks_per_task": masks, "causes": dict(causes.most_common())}
 

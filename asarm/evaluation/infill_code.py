@@ -264,7 +264,8 @@ def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bo
     if cfg["method"] == "oracle":
         for r in records:
             if not r["passed"]:
-                r["cause"] = failure_cause(problem, r["status"], tokenizer, cfg["code_whitespace"], cfg["code_encoding"])
+                r["cause"] = failure_cause(problem, r["status"], tokenizer, cfg["code_whitespace"],
+                                           cfg["code_encoding"])
     return records
 
 
@@ -378,7 +379,8 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--order", default="sorted", choices=["sorted", "random"], help="order of the masked positions")
     p.add_argument("--num-samples", type=int, default=1, help="samples per task, n for pass@k (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=512, help="most tokens the model takes with --context trim (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="most tokens the model takes with --context trim (default: %(default)s)")
     p.add_argument("--no-code-whitespace", dest="code_whitespace", action="store_false",
                    help="do not map whitespace to XLNet's specials (for tokenizers that keep whitespace)")
     p.add_argument("--harness", default="auto", choices=["auto", "official", "builtin"],
