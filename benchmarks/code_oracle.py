@@ -10,7 +10,8 @@ paper's separate encoding at a mid-line boundary, ...).
 
 The tokenizer is the offline XLNet-pipeline one (``build_local_tokenizer``),
 trained on the Python standard library (``--train-chars``, ``--vocab-size``),
-or ``--tokenizer DIR`` (e.g. a local copy of xlnet-base-cased). Characters of
+or ``--tokenizer DIR`` (e.g. a local copy of xlnet-base-cased). The files are
+read from ``$ASARM_EVAL_DATA/human-eval-infilling`` (default ``eval_datasets``). Characters of
 the files it cannot encode (``<unk>``) are counted separately.
 
 Prints one markdown table: file, encoding, tasks, masks per task, exact
@@ -37,10 +38,8 @@ from pathlib import Path
 from asarm.evaluation.execution import check_many
 from asarm.evaluation.infill_code import (BENCHMARKS, build_inputs, completion_text, failure_cause, load_problems,
                                           middle_loss)
+from asarm.evaluation.sources import default_data
 from asarm.tokenizer import decode_code_whitespace, make_encoder
-
-DATA = Path(os.environ.get("ASARM_SHARED_DATA", "eval_datasets")) / "human-eval-infilling"
-
 
 def paper_code_completion(problem: dict, tokenizer) -> str:
     """What the paper's released script makes of the canonical middle ids (its bugs, emulated for comparison).
@@ -142,8 +141,8 @@ def main(argv=None) -> int:
     rows, report = [], {"tokenizer": tok_name, "files": {}}
     t0 = time.perf_counter()
     for name in args.files:
-        path = DATA / BENCHMARKS[name] if name in BENCHMARKS else Path(name)
-        problems = load_problems(str(path))[:args.limit]
+        path = default_data(f"human-eval-infilling/{BENCHMARKS[name]}") if name in BENCHMARKS else name
+        problems = load_problems(path)[:args.limit]
         unk, unk_tasks = oov_characters(problems, tokenizer)
         for encoding in args.encodings:
             res = run_file(problems, tokenizer, encoding, args.workers, args.timeout, args.only_differing)
