@@ -173,3 +173,32 @@ def test_benchmark_emulates_the_papers_two_bugs(shared_data, local_tokenizer):
     assert bench.paper_code_completion(mid, local_tokenizer) == mid["canonical_solution"][1:]
     completions, masks = bench.oracle_completions([empty, mid], local_tokenizer, "continuation")
     assert completions == [empty["canonical_solution"], mid["canonical_solution"]] and masks >= 1
+
+
+def test_protocol_banned_reaches_the_model_and_full_context_samples(shared_data, tiny_model, local_tokenizer,
+                                                                      tmp_path):
+    from asarm.cli import build_parser, load_model_and_tokenizer
+    from asarm.data import code_whitespace_ids
+    from asarm.evaluation.protocol import apply_protocol
+
+    model_dir = tmp_path / "m"
+    tiny_model.save_pretrained(model_dir, tokenizer=local_tokenizer)
+    banned = {}
+    for protocol in ("asarm", "paper"):
+        args = build_parser().parse_args(["infill-code", "--model", str(model_dir), "--protocol", protocol,
+                                          "--device", "cpu"])
+        apply_protocol(args, {"k": "infill_k", "context": "code_context"})
+        banned[protocol] = set(load_model_and_tokenizer(args)[0].banned_token_ids)
+    assert banned["paper"] == {local_tokenizer.mask_token_id}
+    assert local_tokenizer.mask_token_id in banned["asarm"] and len(banned["asarm"]) > 1
+    assert not banned["asarm"] & set(code_whitespace_ids(local_tokenizer))  # whitespace stays sampleable
+    # a model samples past --max-length with --context full (XLNet's positions are relative)
+    data = str(shared_data / "human-eval-infilling" / BENCHMARKS["single-line"])
+    out = tmp_path / "full"
+    assert main(["infill-code", "--model", str(model_dir), "--data", data, "--limit", "1", "--method", "sequential",
+                 "--context", "full", "--max-length", "32", "--device", "cpu", "--threads", "1", "--workers", "1",
+                 "--no-progress", "--output-dir", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert res["num_masked_mean"] == res["nfe_mean"] > 0  # sequential: one call per masked token
+    record = json.loads((out / "samples.shard-0-of-1.jsonl").read_text().splitlines()[0])["records"][0]
+    assert record["input_tokens"] > 32

@@ -219,7 +219,7 @@ def failure_cause(problem: dict, status: str, tokenizer, code: bool, encoding: s
 
 
 def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
-    """``num_samples`` completions of one task: ``[{"completion", "nfe", "num_masked"}]``.
+    """``num_samples`` completions of one task: ``[{"completion", "nfe", "num_masked", "input_tokens"}]``.
 
     ``method="oracle"`` writes the canonical middle's ids where the samples
     would go (no model): the rest of the path (inputs, decoding, stitching) is
@@ -244,7 +244,7 @@ def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
                      generator=g)
         rows, nfes, span = out.sequences.tolist(), out.nfe.tolist(), inputs["num_masked"]
     return [{"completion": completion_text(row[start:start + span], inputs, tokenizer, code), "nfe": int(nfe),
-             "num_masked": inputs["num_masked"]} for row, nfe in zip(rows, nfes)]
+             "num_masked": inputs["num_masked"], "input_tokens": len(inputs["ids"])} for row, nfe in zip(rows, nfes)]
 
 
 def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bool) -> list[dict]:
@@ -254,7 +254,8 @@ def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bo
     """
     problem = unit.payload
     if cfg["method"] == "canonical":
-        samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0}] * cfg["num_samples"]
+        samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0,
+                    "input_tokens": 0}] * cfg["num_samples"]
     else:
         samples = generate(unit, seed, model, tokenizer, cfg)
     results = check_many([(problem, s["completion"]) for s in samples], cfg["timeout"], cfg["memory_mb"],
