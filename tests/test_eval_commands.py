@@ -192,9 +192,10 @@ def test_infill_code_oracle_end_to_end(tiny_model_dir, shared_data, tmp_path):
                  "--limit", "10", "--workers", "2", "--output-dir", str(out), *FAST]) == 0
     res = _results(out)["results"]
     assert res["pass@1"] == 100.0 and res["failures_by_cause"] == {} and res["nfe_mean"] == 0
+    from asarm.evaluation.infill_code import load_problems
+
     records = [r for rs in _samples(out).values() for r in rs]
-    assert {r["task_id"] for r in records} == {json.loads(line)["task_id"] for line in
-                                               __import__("gzip").open(data, "rt").read().splitlines()[:10]}
+    assert {r["task_id"] for r in records} == {p["task_id"] for p in load_problems(str(data))[:10]}
 
 
 # ---------------------------------------------------------------------------- density
