@@ -85,19 +85,28 @@ def load_model_and_tokenizer(args):
 
 def encode_masked_text(text: str, tokenizer, code: bool = False) -> list[int]:
     """Token ids of ``text`` with every ``[MASK:n]`` replaced by ``n`` mask tokens
-    (``code``: whitespace mapped to XLNet specials first, as the ``code`` checkpoint expects).
+    (``code``: whitespace mapped to XLNet specials first, as the ``code`` checkpoint
+    expects, with ``infill_code.lossless_encoder``).
+
+    A piece that follows a span sitting inside a line (text before it on its
+    line) is encoded as continuing the span's text (``continues=True``: no
+    segment-opening ``▁``), as the span is filled with ordinary pieces; after
+    a span that opens a line (at the start of the text or after a newline) it
+    opens a segment, as the span may end in whitespace specials.
 
     Raises ``ValueError`` for empty text, no span, or a span of length 0.
     """
     from .data import make_encoder
+    from .evaluation.infill_code import lossless_encoder
 
-    encode = make_encoder(tokenizer, code)
+    encode = lossless_encoder(tokenizer, code) if code else make_encoder(tokenizer, code)
     if not text.strip():
         raise ValueError("the text is empty: give a prompt with at least one [MASK:n] span, e.g. 'The cat [MASK:4] mat.'")
     pieces = MASK_SPAN.split(text)
     if len(pieces) == 1:
         raise ValueError("nothing to infill: mark the spans to generate as [MASK:n], n = number of tokens")
     ids: list[int] = []
+    before = ""  # the visible text so far, spans left out
     for i, piece in enumerate(pieces):
         if i % 2 == 1:
             n = int(piece)
@@ -105,7 +114,9 @@ def encode_masked_text(text: str, tokenizer, code: bool = False) -> list[int]:
                 raise ValueError(f"[MASK:{piece}] asks for no token; use n >= 1")
             ids += [tokenizer.mask_token_id] * n
         elif piece:
-            ids += encode(piece)
+            span_inside_line = i > 0 and bool(before) and not before.endswith("\n")
+            ids += encode(piece, continues=span_inside_line)
+            before += piece
     if all(i == tokenizer.mask_token_id for i in ids):
         raise ValueError("no visible text: add some words around the [MASK:n] spans to condition on")
     return ids

@@ -48,6 +48,25 @@ def test_encode_masked_text(local_tokenizer):
             encode_masked_text(text, local_tokenizer)
 
 
+def test_piece_after_a_span_inside_a_line_continues_it(both_tokenizers, local_tokenizer):
+    from asarm.data import decode_text, make_encoder
+
+    mask = local_tokenizer.mask_token_id
+    for code in (False, True):
+        ids = encode_masked_text("x = [MASK:2].append(1)", local_tokenizer, code)
+        after = ids[ids.index(mask) + 2:]
+        assert not local_tokenizer.convert_ids_to_tokens(after)[0].startswith("\u2581")  # no segment marker
+        # filled with pieces of its own, the span and the text after it read as one line
+        filled = ids[:ids.index(mask)] + make_encoder(local_tokenizer, code)("bar", continues=True) + after
+        assert decode_text(filled, both_tokenizers, code) == "x = bar.append(1)"
+    # a span that opens a line may end in whitespace specials: the next piece opens a segment
+    ids = encode_masked_text("def f():\n[MASK:4]return 1", local_tokenizer, code=True)
+    assert local_tokenizer.convert_ids_to_tokens(ids[ids.index(mask) + 4:])[0] == "\u2581return"
+    # indentation before a span is text on its line: the piece after it continues
+    ids = encode_masked_text("    [MASK:3]x = 1", local_tokenizer, code=True)
+    assert local_tokenizer.convert_ids_to_tokens(ids[ids.index(mask) + 3:])[0] == "x"
+
+
 def test_infill_from_a_local_directory(tmp_path, local_tokenizer, capsys):
     model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
     model.save_pretrained(tmp_path / "m", tokenizer=local_tokenizer)

@@ -242,17 +242,29 @@ def test_infill_code_canonical_self_check(shared_data, tmp_path):
 
 
 def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
-    from asarm.data import decode_text, make_encoder
     from asarm.evaluation.infill_code import build_inputs, completion_text
 
     problem = {"task_id": "t", "prompt": "def f(x):\n\tif x:\n", "canonical_solution": "        return  x\n",
                "suffix": "    return 0\n"}
-    enc = make_encoder(local_tokenizer, True)
-    inputs = build_inputs(problem, enc, 512, local_tokenizer.mask_token_id)
-    middle = enc(problem["canonical_solution"])
-    assert inputs["num_masked"] == len(middle)
-    decode = lambda t: decode_text(t, local_tokenizer, True)  # noqa: E731
-    assert completion_text(inputs["prefix"], middle, decode) == problem["canonical_solution"]
+    for encoding in ("continuation", "separate"):
+        inputs = build_inputs(problem, local_tokenizer, True, encoding, 512)
+        assert inputs["num_masked"] == len(inputs["middle"]) and inputs["starts_segment"]  # the prompt ends in <cls>
+        assert inputs["ids"].count(local_tokenizer.mask_token_id) == inputs["num_masked"]
+        assert completion_text(inputs["middle"], inputs, local_tokenizer, True) == problem["canonical_solution"]
+
+
+def test_infill_code_oracle_end_to_end(tiny_model_dir, shared_data, tmp_path):
+    """The oracle goes through the CLI's whole path; every task of the slice comes back and passes."""
+    out = tmp_path / "oracle"
+    data = shared_data / "human-eval-infilling" / "HumanEval-RandomSpanInfilling.jsonl.gz"
+    assert main(["infill-code", "--method", "oracle", "--model", str(tiny_model_dir), "--data", str(data),
+                 "--limit", "10", "--workers", "2", "--output-dir", str(out), *FAST]) == 0
+    res = _results(out)["results"]
+    assert res["pass@1"] == 100.0 and res["failures_by_cause"] == {} and res["nfe_mean"] == 0
+    from asarm.evaluation.infill_code import load_problems
+
+    records = [r for rs in _samples(out).values() for r in rs]
+    assert {r["task_id"] for r in records} == {p["task_id"] for p in load_problems(str(data))[:10]}
 
 
 # ---------------------------------------------------------------------------- density

@@ -1,24 +1,43 @@
 """Code infilling on HumanEval-infilling (spec section 6, third bullet).
 
 Each task's masked middle gets exactly as many mask tokens as its canonical
-solution has (after the code whitespace mapping of ``asarm.data``:
+solution has (after the code whitespace mapping of ``asarm.tokenizer``:
 newline -> ``<cls>``, tab -> ``<sep>``, two spaces -> ``<unk>``, three ->
 ``<pad>``); the AS-ARM fills them (any method, ``--num-samples`` rows per task,
-one batch), the completion is decoded and mapped back to whitespace, and
-``prompt + completion + suffix + test + check(entry_point)`` runs in an
-isolated process (``execution``). ``--method canonical`` runs the canonical
-solutions instead of a model: a self-check of the harness.
+one batch), the completion is decoded in context and mapped back to
+whitespace, and ``prompt + completion + suffix + test + check(entry_point)``
+runs in an isolated process (``execution``).
+
+Self-checks: ``--method oracle`` runs that whole path with the canonical
+middle's token ids written where the samples go (it measures what tokenizing,
+decoding and stitching lose; ``failure_cause`` names it per task);
+``--method canonical`` runs the canonical solutions untokenized (the harness).
+
+Protocol choices (``--protocol``, ``evaluation.protocol``): ``--code-encoding``
+(``continuation``: a part that starts inside a line is encoded as the
+continuation it is; ``separate``: the paper's, each part on its own),
+``--context`` (``trim`` to ``--max-length``, or ``full``: the paper's),
+``--banned`` and ``--k``. Two bugs of the paper's script are NOT reproduced
+under either protocol: it decodes the middle alone and drops its first
+character, and it slices ``[len(prefix):-len(suffix)]``, an empty completion
+whenever the suffix is empty; here the middle is decoded in context from its
+own start and length.
 
 pass@k uses the unbiased estimator over ``n = --num-samples`` samples per task.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
+from typing import Callable
 
+from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, _added_ids, decode_text, encode_code_whitespace,
+                         is_sentencepiece, lossy_reason, make_encoder)
 from .execution import check_many, official_harness_usable
 from .metrics import mean_se, pass_at_k
+from .protocol import add_protocol_argument, apply_protocol
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_jsonl, require_fields
 
@@ -42,80 +61,213 @@ def load_problems(source: str, tasks: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def fit_context(prefix: list[int], middle_len: int, suffix: list[int], max_length: int) -> tuple[list[int], list[int]]:
+def fit_context(prefix: list[int], middle_len: int, suffix: list[int],
+                max_length: int | None) -> tuple[list[int], list[int]]:
     """Trim the prefix (from the left) and suffix (from the right) so that the whole input fits ``max_length``.
 
+    ``max_length=None`` (``--context full``, the paper's) keeps both whole: XLNet's
+    positions are relative, so any length runs, at memory quadratic in it.
     Raises ``ValueError`` when the middle alone leaves no room for one visible token.
     """
+    if max_length is None:
+        return prefix, suffix
     budget = max_length - middle_len
     if budget < 1:
         raise ValueError(f"the infill needs {middle_len} tokens but the model allows {max_length} in all "
-                         "(--max-length); it cannot be generated with context")
+                         "(--max-length); it cannot be generated with context (or pass --context full)")
     keep_suffix = min(len(suffix), max(budget // 2, budget - len(prefix)))
     keep_prefix = min(len(prefix), budget - keep_suffix)
     return prefix[len(prefix) - keep_prefix:], suffix[:keep_suffix]
 
 
-def completion_text(prefix: list[int], middle: list[int], decode) -> str:
-    """The middle's text, decoded together with the prefix so that boundary spaces survive."""
-    before = decode(prefix)
-    both = decode(prefix + middle)
-    return both[len(before):] if both.startswith(before) else decode(middle)
+def ends_mid_segment(text: str, code: bool) -> bool:
+    """True when text that follows ``text`` continues its last tokenizer segment (an infill boundary inside a line).
+
+    That is: ``text`` is non-empty and, with the code whitespace mapping, does
+    not end in whitespace that becomes a special token (newline, tab, two
+    spaces), after which the tokenizer opens a new segment anyway.
+    """
+    if not text:
+        return False
+    return not (code and encode_code_whitespace(text).endswith(tuple(token for _, token in CODE_WHITESPACE)))
 
 
-def build_inputs(problem: dict, encode, max_length: int, mask_id: int) -> dict:
-    """``{"prefix", "suffix", "num_masked", "ids"}`` for one problem (ids = prefix + masks + suffix)."""
-    prefix, middle, suffix = encode(problem["prompt"]), encode(problem["canonical_solution"]), encode(problem["suffix"])
-    if not middle:
-        middle = [mask_id]  # an empty canonical middle still gets one slot
-    prefix, suffix = fit_context(prefix, len(middle), suffix, max_length)
+# Between the two characters of '' and ``, which the XLNet normaliser would turn into one ".
+_QUOTE_PAIR = re.compile(r"(?<=')(?=')|(?<=`)(?=`)")
+
+
+def lossless_encoder(tokenizer, code: bool) -> Callable[..., list[int]]:
+    """``encode(text, continues=False) -> ids`` that ``decode_text`` inverts wherever the vocabulary allows.
+
+    ``make_encoder``'s encoding plus two fixes, needed only where it would lose
+    text (elsewhere the ids are the same):
+
+    * a segment that opens with a space (e.g. the odd space of a run of five,
+      ``<unk><unk> x``) gets an explicit ``▁`` piece first: the tokenizer's
+      segment marker and a real space are the same ``▁``, so without it the
+      space is read back as the marker and dropped;
+    * ``''`` and ````` are encoded as two pieces, so the normaliser does not
+      turn them into one ``"``.
+
+    Left: characters outside the vocabulary (``<unk>``) and the normaliser's
+    Unicode forms. Other than SentencePiece fast tokenizers: ``make_encoder``.
+    """
+    if not (is_sentencepiece(tokenizer) and hasattr(tokenizer, "backend_tokenizer")):
+        return make_encoder(tokenizer, code)
+    plain = make_encoder(tokenizer, code=False)
+    marker = tokenizer.convert_tokens_to_ids(SPIECE_UNDERLINE)
+    specials = re.compile("(" + "|".join(map(re.escape, sorted(tokenizer.added_tokens_encoder, key=len, reverse=True)))
+                          + ")")
+
+    def encode(text: str, continues: bool = False) -> list[int]:
+        ids: list[int] = []
+        for i, part in enumerate(specials.split(encode_code_whitespace(text) if code else text)):
+            if i % 2:
+                ids.append(tokenizer.convert_tokens_to_ids(part))
+                continue
+            opens = bool(part) and not (continues and i == 0)
+            if opens and part[0] == " ":
+                ids.append(marker)
+                opens = False
+            for j, chunk in enumerate(c for c in _QUOTE_PAIR.split(part) if c):
+                ids += plain(chunk, continues=not opens or j > 0)
+        return ids
+
+    return encode
+
+
+def encode_parts(problem: dict, tokenizer, encoding: str, code: bool) -> tuple[list[int], list[int], list[int]]:
+    """``(prefix, middle, suffix)`` ids of a problem's prompt, canonical solution and suffix.
+
+    ``encoding="continuation"`` (asarm): ``lossless_encoder``; the prompt is
+    encoded on its own and the middle and the suffix with ``continues=True``
+    when the text before them ends inside a line, so that the three
+    concatenated decode to the concatenated text. ``"separate"`` (the
+    paper's): ``make_encoder``, each part on its own, as if it opened a
+    segment; the mask count is then the middle's standalone length.
+    """
+    prompt, middle, suffix = problem["prompt"], problem["canonical_solution"], problem["suffix"]
+    if encoding == "separate":
+        encode = make_encoder(tokenizer, code)
+        return encode(prompt), encode(middle), encode(suffix)
+    if encoding != "continuation":
+        raise ValueError(f"--code-encoding must be 'continuation' or 'separate', not {encoding!r}")
+    encode = lossless_encoder(tokenizer, code)
+    return (encode(prompt), encode(middle, continues=ends_mid_segment(prompt, code)),
+            encode(suffix, continues=ends_mid_segment(prompt + middle, code)))
+
+
+def build_inputs(problem: dict, tokenizer, code: bool, encoding: str = "continuation",
+                 max_length: int | None = 512) -> dict:
+    """The model input of one problem.
+
+    Returns ``{"prefix", "middle", "suffix", "num_masked", "ids", "starts_segment"}``:
+    ``middle`` holds the canonical solution's ids (the oracle's "sample");
+    ``ids = prefix + [mask] * num_masked + suffix`` with prefix and suffix
+    trimmed by ``fit_context`` (``max_length=None``: not trimmed);
+    ``num_masked = max(1, len(middle))`` (an empty middle still gets one slot);
+    ``starts_segment``: the middle opens a tokenizer segment (the prompt
+    encodes to nothing or its last id is a special token), for ``completion_text``.
+    """
+    mask_id = tokenizer.mask_token_id
+    prefix, middle, suffix = encode_parts(problem, tokenizer, encoding, code)
+    # Decided on the whole prompt: the completion is stitched after all of it, whatever the model was shown.
+    starts_segment = not prefix or prefix[-1] in _added_ids(tokenizer)
+    num_masked = max(1, len(middle))
+    prefix, suffix = fit_context(prefix, num_masked, suffix, max_length)
     if not prefix and not suffix:
         raise ValueError(f"{problem['task_id']}: nothing visible to condition on")
-    return {"prefix": prefix, "suffix": suffix, "num_masked": len(middle),
-            "ids": prefix + [mask_id] * len(middle) + suffix}
+    return {"prefix": prefix, "middle": middle, "suffix": suffix, "num_masked": num_masked,
+            "ids": prefix + [mask_id] * num_masked + suffix, "starts_segment": starts_segment}
 
 
-def code_model(model, tokenizer):
-    """The same network with the whitespace specials allowed (they are banned as specials by default)."""
-    from ..data import code_whitespace_ids
-    from ..model import ASARM
+def completion_text(middle: list[int], inputs: dict, tokenizer, code: bool) -> str:
+    """The middle's text, decoded in context (after the prompt) and mapped back to whitespace.
 
-    allowed = set(code_whitespace_ids(tokenizer))
-    return ASARM(model.xlnet, model.mask_token_id, [i for i in model.banned_token_ids if i not in allowed])
+    Decoding the middle with ``starts_segment`` from ``build_inputs`` keeps its
+    first character and a space it opens with mid-line (the paper decodes the
+    middle alone and drops its first character).
+    """
+    return decode_text(middle, tokenizer, code, starts_segment=inputs["starts_segment"])
+
+
+def middle_loss(problem: dict, tokenizer, code: bool, encoding: str) -> str | None:
+    """Why the canonical middle does not come back through ``build_inputs`` + ``completion_text``; ``None`` if it does.
+
+    The causes: the paper's separate encoding at a mid-line boundary (the
+    middle gains a space), a character outside the vocabulary, the
+    normaliser's Unicode forms, and (``separate`` only, which has no fixes)
+    whatever ``lossy_reason`` names.
+    """
+    inputs = build_inputs(problem, tokenizer, code, encoding, max_length=None)
+    text = problem["canonical_solution"]
+    if completion_text(inputs["middle"], inputs, tokenizer, code) == text:
+        return None
+    if encoding == "separate":
+        if ends_mid_segment(problem["prompt"], code) and not text[:1].isspace():
+            return "separate encoding: a middle that starts inside a line gains a space"
+        return lossy_reason(text, tokenizer, code) or "decoded middle differs"
+    mapped_unk = (encode_code_whitespace(text) if code else text).count(tokenizer.unk_token)
+    if inputs["middle"].count(tokenizer.unk_token_id) > mapped_unk:
+        return "a character outside the vocabulary (becomes <unk>)"
+    return "normaliser: Unicode normalisation or accents" if not text.isascii() else "decoded middle differs"
+
+
+def failure_cause(problem: dict, status: str, tokenizer, code: bool, encoding: str) -> str:
+    """Why the oracle failed a task: ``middle_loss``, else (the middle came back intact) the executor's status."""
+    return middle_loss(problem, tokenizer, code, encoding) or f"execution: {status}"
 
 
 def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
-    """``num_samples`` completions of one task: ``[{"completion", "nfe"}]``."""
-    import torch
+    """``num_samples`` completions of one task: ``[{"completion", "nfe", "num_masked", "input_tokens"}]``.
 
-    from ..data import decode_text, make_encoder
-    from ..orders import infill_order
-    from ..sampling import sample
+    ``method="oracle"`` writes the canonical middle's ids where the samples
+    would go (no model): the rest of the path (inputs, decoding, stitching) is
+    the one every method takes.
+    """
+    code, n = cfg["code_whitespace"], cfg["num_samples"]
+    max_length = cfg["max_length"] if cfg["context"] == "trim" else None
+    inputs = build_inputs(unit.payload, tokenizer, code, cfg["code_encoding"], max_length)
+    start = len(inputs["prefix"])
+    if cfg["method"] == "oracle":
+        rows, nfes, span = [inputs["prefix"] + inputs["middle"] + inputs["suffix"]] * n, [0] * n, len(inputs["middle"])
+    else:
+        import torch
 
-    code = cfg["code_whitespace"]
-    inputs = build_inputs(unit.payload, make_encoder(tokenizer, code), cfg["max_length"], model.mask_token_id)
-    ids = torch.tensor([inputs["ids"]] * cfg["num_samples"], device=model.device)
-    g = torch.Generator(device=model.device).manual_seed(seed)
-    sigma, m = infill_order(ids, model.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
-    out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"], generator=g)
-    start, stop = len(inputs["prefix"]), len(inputs["prefix"]) + inputs["num_masked"]
-    decode = lambda t: decode_text(t, tokenizer, code)  # noqa: E731
-    return [{"completion": completion_text(inputs["prefix"], row[start:stop], decode), "nfe": int(nfe),
-             "num_masked": inputs["num_masked"]}
-            for row, nfe in zip(out.sequences.tolist(), out.nfe.tolist())]
+        from ..orders import infill_order
+        from ..sampling import sample
+
+        ids = torch.tensor([inputs["ids"]] * n, device=model.device)
+        g = torch.Generator(device=model.device).manual_seed(seed)
+        sigma, m = infill_order(ids, model.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
+        out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"],
+                     generator=g)
+        rows, nfes, span = out.sequences.tolist(), out.nfe.tolist(), inputs["num_masked"]
+    return [{"completion": completion_text(row[start:start + span], inputs, tokenizer, code), "nfe": int(nfe),
+             "num_masked": inputs["num_masked"], "input_tokens": len(inputs["ids"])} for row, nfe in zip(rows, nfes)]
 
 
 def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bool) -> list[dict]:
-    """Generate (or take the canonical solution), then execute: one record per sample."""
+    """Generate (or take the canonical solution), then execute: one record per sample.
+
+    Oracle records that fail also get ``"cause"`` (``failure_cause``).
+    """
     problem = unit.payload
     if cfg["method"] == "canonical":
-        samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0}] * cfg["num_samples"]
+        samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0,
+                    "input_tokens": 0}] * cfg["num_samples"]
     else:
         samples = generate(unit, seed, model, tokenizer, cfg)
     results = check_many([(problem, s["completion"]) for s in samples], cfg["timeout"], cfg["memory_mb"],
                          cfg["workers"], official=harness)
-    return [{"task_id": problem["task_id"], "sample": i, **s, "passed": r.passed, "status": r.status}
-            for i, (s, r) in enumerate(zip(samples, results))]
+    records = [{"task_id": problem["task_id"], "sample": i, **s, "passed": r.passed, "status": r.status}
+               for i, (s, r) in enumerate(zip(samples, results))]
+    if cfg["method"] == "oracle":
+        for r in records:
+            if not r["passed"]:
+                r["cause"] = failure_cause(problem, r["status"], tokenizer, cfg["code_whitespace"],
+                                           cfg["code_encoding"])
+    return records
 
 
 def choose_harness(choice: str) -> tuple[bool, str]:
@@ -131,9 +283,18 @@ def choose_harness(choice: str) -> tuple[bool, str]:
     return True, reason
 
 
+def load_tokenizer_only(args):
+    """The tokenizer of ``--tokenizer`` alone (no model), else the model's (``load_model_and_tokenizer``)."""
+    from ..cli import load_model_and_tokenizer
+    from ..tokenizer import load_tokenizer
+
+    return load_tokenizer(args.tokenizer) if args.tokenizer else load_model_and_tokenizer(args)[1]
+
+
 def run(args) -> int:
     from ..cli import load_model_and_tokenizer
 
+    apply_protocol(args, {"k": "infill_k", "context": "code_context"})  # first: config.json records the values
     source = args.data or default_data(f"human-eval-infilling/{BENCHMARKS[args.benchmark]}")
     problems = load_problems(source, args.tasks)
     units = [Unit(p["task_id"], p) for p in problems]
@@ -141,14 +302,16 @@ def run(args) -> int:
         raise ValueError("--num-samples must be >= 1")
     official, args.harness_used = choose_harness(args.harness)
     cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "num_samples", "max_length",
-                                         "timeout", "memory_mb", "workers", "code_whitespace")}
+                                         "timeout", "memory_mb", "workers", "code_whitespace", "code_encoding",
+                                         "context")}
 
     def make_process():
         model = tokenizer = None
-        if args.method != "canonical":
+        if args.method == "oracle":
+            tokenizer = load_tokenizer_only(args)
+        elif args.method != "canonical":
+            # --banned is applied there; code keeps its whitespace specials sampleable (banned_ids_for)
             model, tokenizer = load_model_and_tokenizer(args)
-            if args.code_whitespace:
-                model = code_model(model, tokenizer)
         return lambda unit, seed: process_task(unit, seed, model, tokenizer, cfg, official)
 
     run_evaluation("infill-code", args, units, make_process)
@@ -169,11 +332,20 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
     results = {"num_tasks": len(by_task), "samples_per_task": n, **pass_k, "nfe_mean": nfe_mean, "nfe_se": nfe_se,
                "num_masked_mean": mean_se([r["num_masked"] for r in records])[0], "timeouts": timeouts,
                "harness": config.get("harness_used")}
+    causes: dict[str, int] = {}
+    for r in records:
+        if "cause" in r:
+            causes[r["cause"]] = causes.get(r["cause"], 0) + 1
+    if config.get("method") == "oracle":
+        results["failures_by_cause"] = dict(sorted(causes.items(), key=lambda kv: -kv[1]))
     table = markdown_table(["benchmark", "method", "tasks", "n"] + list(pass_k) + ["NFE", "timeouts"],
                            [[config.get("benchmark"), config.get("method"), len(by_task), n]
                             + [round(v, 2) for v in pass_k.values()] + [pm(nfe_mean, nfe_se, 1), timeouts]])
+    if causes:
+        table += "\n\nOracle failures by cause:\n\n" + markdown_table(["cause", "samples"], list(causes.items()))
     return results, f"Code infilling (HumanEval-infilling), model {config.get('model')} ({config.get('revision')}), " \
-                    f"harness: {config.get('harness_used')}\n\n{table}"
+                    f"harness: {config.get('harness_used')}, encoding: {config.get('code_encoding')}, " \
+                    f"context: {config.get('context')}\n\n{table}"
 
 
 def register(sub) -> None:
@@ -189,13 +361,27 @@ def register(sub) -> None:
                    "eval_datasets/human-eval-infilling/<benchmark file>")
     p.add_argument("--tasks", nargs="+", default=None, help="only task ids containing one of these, e.g. HumanEval/0/ (ids look like "
                         "SingleLineInfilling/HumanEval/0/L3)")
-    p.add_argument("--method", default="assd", choices=["sequential", "assd", "ngram", "canonical"],
-                   help="sampling method; 'canonical' runs the reference solutions (harness self-check)")
-    p.add_argument("--k", type=int, default=5, help="draft length (default: %(default)s)")
+    p.add_argument("--method", default="assd", choices=["sequential", "assd", "ngram", "oracle", "canonical"],
+                   help="sampling method; 'oracle' writes the canonical middle's token ids in place of samples "
+                        "(tokenization, decoding and stitching self-check, no model); 'canonical' runs the "
+                        "reference solutions untokenized (harness self-check)")
+    add_protocol_argument(p)
+    p.add_argument("--k", type=int, default=None, help="draft length (default: from --protocol: 5 asarm, 10 paper)")
+    p.add_argument("--banned", default=None, choices=["specials", "mask"],
+                   help="never sample any special token, or only <mask> (the paper's); the whitespace specials "
+                        "stay sampleable either way (default: from --protocol)")
+    p.add_argument("--code-encoding", default=None, choices=["continuation", "separate"],
+                   help="'continuation': a middle or suffix starting inside a line is encoded as the continuation "
+                        "it is (lossless); 'separate': each part on its own, the paper's (the mask count follows "
+                        "it) (default: from --protocol)")
+    p.add_argument("--context", default=None, choices=["trim", "full"],
+                   help="'trim' prompt and suffix to --max-length, or condition on them 'full' (the paper's; "
+                        "memory grows with the input) (default: from --protocol)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--order", default="sorted", choices=["sorted", "random"], help="order of the masked positions")
     p.add_argument("--num-samples", type=int, default=1, help="samples per task, n for pass@k (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=512, help="most tokens the model takes (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="most tokens the model takes with --context trim (default: %(default)s)")
     p.add_argument("--no-code-whitespace", dest="code_whitespace", action="store_false",
                    help="do not map whitespace to XLNet's specials (for tokenizers that keep whitespace)")
     p.add_argument("--harness", default="auto", choices=["auto", "official", "builtin"],
