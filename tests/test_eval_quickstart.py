@@ -15,6 +15,17 @@ def test_quickstart_offline_short(tmp_path, capsys):
     assert methods["assd"]["nfe_mean"] < methods["sequential"]["nfe_mean"] == 61  # 64 tokens, 3 visible
     assert all(m["model_nll_mean"] > 0 and m["entropy_mean"] > 0 for m in methods.values())
     assert (out / "speculative" / "distributions.png").exists()
+    # the held-out Python files went through the code whitespace mapping (newlines -> <cls>), and the decoded
+    # samples have it undone
+    from asarm.evaluation.speculative import load_chunks
+    from asarm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(out / "train" / "model"))
+    chunks = load_chunks(str(out / "heldout.txt"), tok, 64, False, code=True)
+    assert all(tok.convert_tokens_to_ids("<cls>") in c for c in chunks[:5])
+    rows = [json.loads(line) for f in (out / "speculative").glob("samples.*.jsonl") for line in f.open()]
+    texts = [r["text"] for row in rows for r in row["records"]]
+    assert texts and not any("<cls>" in t or "<unk>" in t for t in texts)
     summary = json.loads((out / "quickstart.json").read_text())
     assert summary["train_steps"] == 4 and (out / "train" / "model").is_dir()
     # rerun: the trained model and the finished trials are reused

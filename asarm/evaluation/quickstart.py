@@ -70,7 +70,7 @@ def run(args) -> int:
     data.write_text(heldout_text(cfg), encoding="utf-8")
     argv = ["speculative", "--model", str(run_dir / "model"), "--device", "cpu", "--data", str(data),
             "--seq-len", str(cfg.seq_len), "--visible-frac", str(args.visible_frac), "--trials", str(args.trials),
-            "--k", str(args.k), "--judge", "none", "--seed", str(args.seed), "--threads", str(args.threads),
+            "--k", str(args.k), "--judge", "none", "--code", "--seed", str(args.seed), "--threads", str(args.threads),
             "--output-dir", str(out / "speculative")]
     if not args.progress:
         argv.append("--no-progress")

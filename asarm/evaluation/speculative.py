@@ -101,8 +101,18 @@ def pack_chunks(ids: list[int], seq_len: int) -> list[list[int]]:
     return chunks
 
 
-def load_chunks(source: str, tokenizer, seq_len: int, specials: bool) -> list[list[int]]:
-    """``pack_chunks(encode_rows(load_wikitext_rows(source), ...))``: the evaluation's chunks."""
+def load_chunks(source: str, tokenizer, seq_len: int, specials: bool, code: bool = False) -> list[list[int]]:
+    """The evaluation's chunks: ``pack_chunks(encode_rows(load_wikitext_rows(source), ...))``.
+
+    ``code`` (Python sources, e.g. the quickstart's held-out files): the whole
+    file is one document, encoded with the code whitespace mapping (newlines
+    would vanish in the SentencePiece pipeline otherwise), then ``</s>``.
+    """
+    if code:
+        from ..tokenizer import make_encoder
+
+        return pack_chunks(make_encoder(tokenizer, True, specials)(read_text(source)) + [tokenizer.eos_token_id],
+                           seq_len)
     return pack_chunks(encode_rows(load_wikitext_rows(source), tokenizer, specials), seq_len)
 
 
@@ -136,9 +146,14 @@ def build_units(chunks: list[list[int]], trials: int, reuse: bool = True) -> lis
             for t in range(n)]
 
 
-def judged_text(ids: list[int], tokenizer, keep_specials: bool) -> str:
+def judged_text(ids: list[int], tokenizer, keep_specials: bool, code: bool = False) -> str:
     """The text the judge scores: the whole decoded sequence, special tokens kept
-    (``tokenizer.decode(ids)``, the paper's) or dropped (asarm)."""
+    (``tokenizer.decode(ids)``, the paper's) or dropped (asarm); code: the
+    whitespace mapping undone (``decode_text``)."""
+    if code:
+        from ..tokenizer import decode_text
+
+        return decode_text(ids, tokenizer, True, skip_special=not keep_specials)
     if keep_specials:
         return tokenizer.decode(ids)
     return tokenizer.decode(ids, skip_special_tokens=True)
@@ -200,7 +215,7 @@ def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg:
     sigma = random_sorted_order(1, n, m, generator=g).to(model0.device)
     m_t = torch.tensor([m], device=model0.device)
     masked = ids.masked_fill(sigma >= m, tokenizer.mask_token_id)
-    prompt = tokenizer.decode(masked[0].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    prompt = judged_text(masked[0].tolist(), tokenizer, True, cfg["code"])
     backends = cfg["backends"]
     records = []
     for i, system in enumerate(systems):
@@ -213,7 +228,7 @@ def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg:
             outs.append(out)
         out = outs[0]
         seq = out.sequences[0].tolist()
-        text = judged_text(seq, tokenizer, cfg["judge_specials"])
+        text = judged_text(seq, tokenizer, cfg["judge_specials"], cfg["code"])
         model_lp = float(model.joint_log_prob(out.sequences, sigma, m_t)[0])
         record = {
             "trial": unit.payload["trial"], "chunk": unit.payload["chunk"], "num_chunks": unit.payload["num_chunks"],
@@ -301,14 +316,15 @@ def run(args) -> int:
         return loaded["mt"]
 
     _, tokenizer = model_and_tokenizer()
-    chunks = load_chunks(args.data, tokenizer, args.seq_len, args.wikitext_specials)
+    chunks = load_chunks(args.data, tokenizer, args.seq_len, args.wikitext_specials, args.code)
     units = build_units(chunks, args.trials, args.reuse_chunks)
     if len(units) < args.trials:
         print(f"note: the text packs into {len(chunks)} chunks of {args.seq_len} tokens and chunks are not reused "
               f"(--no-reuse-chunks, the paper's): {len(units)} trials instead of --trials {args.trials}",
               file=sys.stderr)
     cfg = {"visible_frac": args.visible_frac, "visible_rule": args.visible_rule, "k": args.k,
-           "temperature": args.temperature, "backends": list(args.backends), "judge_specials": args.judge_specials}
+           "temperature": args.temperature, "backends": list(args.backends), "judge_specials": args.judge_specials,
+           "code": args.code}
 
     def make_process():
         model, tok = model_and_tokenizer()
@@ -494,5 +510,8 @@ def register(sub) -> None:
     p.add_argument("--judge-specials", action=argparse.BooleanOptionalAction, default=None,
                    help="judge the decoded text with its special tokens kept (tokenizer.decode, the paper's); "
                         "--no-judge-specials drops them (default: from --protocol)")
+    p.add_argument("--code", action="store_true",
+                   help="the data is Python source: one document per file, whitespace mapped to XLNet's specials "
+                        "(the quickstart's held-out files)")
     add_run_arguments(p, "outputs/speculative")
     p.set_defaults(func=run)
