@@ -165,6 +165,15 @@ def _added_ids(tokenizer) -> frozenset:
     return frozenset(int(i) for i in tokenizer.added_tokens_decoder) | frozenset(int(i) for i in tokenizer.all_special_ids)
 
 
+def opens_segment(prefix_ids, tokenizer) -> bool:
+    """True when text after ``prefix_ids`` opens a Metaspace segment: nothing before it, or an added token.
+
+    Then the first ``▁`` of what follows is the segment marker (``decode_text(...,
+    starts_segment=True)`` drops it); otherwise it is a real space.
+    """
+    return not prefix_ids or int(prefix_ids[-1]) in _added_ids(tokenizer)
+
+
 @functools.lru_cache(maxsize=8)
 def _unprefixed_backend(tokenizer):
     """A copy of a fast tokenizer's backend whose Metaspace does not prepend ``▁`` (text continuing a segment)."""

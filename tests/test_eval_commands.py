@@ -407,3 +407,4 @@ def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path
                   "BENCHMARK": "random-span-light", "EXTRA_ARGS": "--limit 3 --no-progress", "OUT": str(tmp_path / "c")},
                   tmp_path)
     assert res["results"]["pass@1"] == 100.0
+    assert (res["config"]["protocol"], res["config"]["k"], res["config"]["context"]) == ("paper", 10, "full")

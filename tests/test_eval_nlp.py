@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asarm.evaluation import density, infill_nlp, metrics
-from asarm.tokenizer import decode_text, lossy_reason, make_encoder
+from asarm.tokenizer import decode_text, lossy_reason, make_encoder, opens_segment
 
 ORACLE_STORIES = 120
 LAMBADA_ITEMS = 400
@@ -65,8 +65,8 @@ def test_story_parts_encoded_separately_are_the_story_encoding(stories, local_to
 def test_opens_segment_only_after_nothing_or_a_special(local_tokenizer):
     cls = local_tokenizer.convert_tokens_to_ids("<cls>")
     word = make_encoder(local_tokenizer, False)("Hello")
-    assert infill_nlp.opens_segment([], local_tokenizer) and infill_nlp.opens_segment(word + [cls], local_tokenizer)
-    assert not infill_nlp.opens_segment(word, local_tokenizer)
+    assert opens_segment([], local_tokenizer) and opens_segment(word + [cls], local_tokenizer)
+    assert not opens_segment(word, local_tokenizer)
 
 
 def _record(setting, trial, f1s, nfe=3):

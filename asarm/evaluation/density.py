@@ -158,7 +158,7 @@ def sample_target(model, tokenizer, inputs: dict, k: int, generator) -> tuple[st
     from ..orders import infill_order
     from ..sampling import sample
     from ..tokenizer import decode_text
-    from .infill_nlp import opens_segment
+    from ..tokenizer import opens_segment
 
     ids = torch.tensor([inputs["ids"]], device=model.device)
     sigma, m = infill_order(ids, model.mask_token_id)

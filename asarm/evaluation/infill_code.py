@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, _added_ids, decode_text, encode_code_whitespace,
-                         is_sentencepiece, lossy_reason, make_encoder)
+from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, decode_text, encode_code_whitespace, is_sentencepiece,
+                         lossy_reason, make_encoder, opens_segment)
 from .execution import check_many, official_harness_usable
 from .metrics import mean_se, pass_at_k
 from .protocol import add_protocol_argument, apply_protocol
@@ -172,7 +172,7 @@ def build_inputs(problem: dict, tokenizer, code: bool, encoding: str = "continua
     mask_id = tokenizer.mask_token_id
     prefix, middle, suffix = encode_parts(problem, tokenizer, encoding, code)
     # Decided on the whole prompt: the completion is stitched after all of it, whatever the model was shown.
-    starts_segment = not prefix or prefix[-1] in _added_ids(tokenizer)
+    starts_segment = opens_segment(prefix, tokenizer)
     num_masked = max(1, len(middle))
     prefix, suffix = fit_context(prefix, num_masked, suffix, max_length)
     if not prefix and not suffix:

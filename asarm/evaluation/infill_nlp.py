@@ -80,17 +80,6 @@ def encode_story(prompt: str, middle: str, suffix: str, encode, mask_id: int, ma
     return {"prefix": p, "middle": m, "suffix": s, "ids": p + [mask_id] * len(m) + s}
 
 
-def opens_segment(prefix: list[int], tokenizer) -> bool:
-    """True when text after ``prefix`` opens a Metaspace segment: ``prefix`` is empty or ends with an added token.
-
-    Then the first ``▁`` of the middle is the segment marker (dropped on decode);
-    otherwise it is the space that separates the middle from the prompt.
-    """
-    from ..tokenizer import _added_ids
-
-    return not prefix or int(prefix[-1]) in _added_ids(tokenizer)
-
-
 def fill_middles(ids, sigma, m, enc: dict, model, cfg: dict, generator):
     """``(sequences (B, N) list, nfe list)``: the masked block sampled by ``cfg["method"]``,
     or for ``oracle`` the true middle written in place of the samples (no network call)."""
@@ -116,7 +105,7 @@ def process_story(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[di
     import torch
 
     from ..orders import infill_order
-    from ..tokenizer import decode_text, make_encoder
+    from ..tokenizer import decode_text, make_encoder, opens_segment
 
     setting, story = unit.payload["setting"], unit.payload["story"]
     prompt, middle, suffix = split_story(story["sentences"], setting)

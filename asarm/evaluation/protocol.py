@@ -12,8 +12,8 @@ Fields (each names the option that overrides it):
 * ``banned``: ``specials`` (never sample any special token) or ``mask``
   (only ``<mask>``, as the paper's sampler); code keeps its whitespace
   specials sampleable either way.
-* ``infill_k``: ASSD draft length of the infilling evaluations (the paper's
-  infilling scripts call ASSD with its default, 10).
+* ``infill_k``: ASSD draft length of the infilling evaluations and of the
+  sampled LAMBADA word (the paper's scripts call ASSD with its default, 10).
 * ``rouge``: ``mean`` (asarm: mean F1 over samples with its standard error)
   or ``bootstrap`` (``evaluate``'s rouge: bootstrap-aggregated mid F1 over all
   samples pooled); ``rouge_stemmer``: Porter stemmer on or off.
@@ -26,9 +26,11 @@ Fields (each names the option that overrides it):
   special tokens (paper) or drops them.
 * ``code_context``: ``trim`` the HumanEval prompt and suffix to the model's
   length, or ``full`` (the paper: no trimming; longer inputs need more memory).
-* ``code_encoding``: ``continuation`` (a middle or suffix that starts inside a
-  line is encoded as the continuation it is, lossless) or ``separate`` (every
-  part encoded on its own, as the paper; the mask count then follows it).
+* ``code_encoding``: ``continuation`` (lossless: a middle or suffix that
+  starts inside a line is encoded as the continuation it is, a segment that
+  opens with a space gets an explicit ``▁``, and ``''`` stays two quotes;
+  ``infill_code.lossless_encoder``) or ``separate`` (every part through the
+  tokenizer on its own, as the paper; the mask count then follows it).
 * ``lambada``: ``sampled`` (target word masked, sampled with ASSD at T = 1,
   stripped strings compared: the paper's number) or ``greedy``; both columns
   are reported, this picks the headline.
