@@ -123,6 +123,8 @@ def encode_masked_text(text: str, tokenizer, code: bool = False) -> list[int]:
 
 
 def register_infill(sub) -> None:
+    from .sampling import DRAFT_ONLY_TEMPERATURES, NGRAM_DRAFTS
+
     p = sub.add_parser("infill", help="fill [MASK:n] spans of a text by sequential decoding, ASSD or n-gram drafts",
                        description="Infill the [MASK:n] spans of a text (n = number of tokens) with an AS-ARM and "
                                    "print the completed text, the number of network calls (NFE) and the time.")
@@ -137,6 +139,13 @@ def register_infill(sub) -> None:
     p.add_argument("--temperature-mode", default="both", choices=["both", "draft"],
                    help="apply T to draft and oracle (exact tempered joint) or the draft only")
     p.add_argument("--bonus", action="store_true", help="ASSD: extra token when all drafts are accepted")
+    p.add_argument("--ngram-draft", default="bigram", choices=list(NGRAM_DRAFTS),
+                   help="ngram: asarm's bigram drafter (plus a query after the last draft) or the paper's "
+                        "(bigram, else unigram counts; a model draft where no left token is known; no extra "
+                        "query) (default: %(default)s)")
+    p.add_argument("--draft-only-temperature", default="verify0", choices=list(DRAFT_ONLY_TEMPERATURES),
+                   help="with --temperature-mode draft: temper draft 0 and verify it (verify0), or leave it "
+                        "untempered and keep it without a test, as the paper (default: %(default)s)")
     p.add_argument("--order", default="sorted", choices=["sorted", "random"],
                    help="masked positions left to right (sorted) or in a random order")
     p.add_argument("--code", action="store_true",
@@ -176,7 +185,8 @@ def run_infill(args) -> int:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = sample(model, ids, sigma, m, method=method, k=args.k, temperature=args.temperature,
-                     temperature_mode=args.temperature_mode, bonus=args.bonus, generator=gen, backend=args.backend)
+                     temperature_mode=args.temperature_mode, bonus=args.bonus, ngram_draft=args.ngram_draft,
+                     draft_only_temperature=args.draft_only_temperature, generator=gen, backend=args.backend)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

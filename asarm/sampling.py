@@ -10,8 +10,22 @@ All three sample the order-``sigma`` autoregressive joint
   independently (draft mask), an *oracle* call scores the drafts jointly
   (joint mask), and speculative rejection keeps the exact joint. Every
   two-call round yields at least two tokens, so ``nfe <= N - m``.
-* ``ngram``: drafts come from bigram counts of the row's known tokens (no
-  draft call); each oracle call yields at least one token.
+* ``ngram``: drafts come from counts of the row's known tokens (no draft
+  call); each oracle call yields at least one token. Two drafters
+  (``ngram_draft``): ``"bigram"`` (asarm's: tempered bigram counts, the draft
+  stops at the first position without a left token, and every oracle call
+  also queries the rank after the last draft) and ``"paper"`` (the paper's
+  ``ContextNGram``: bigram counts, else unigram counts, untempered; a round
+  whose first position has no known left neighbour is a self-draft ASSD
+  round instead; no extra query).
+
+Draft-only temperature (``temperature_mode="draft"``: the oracle is at
+``T = 1``, so the sample is exact for the ``T = 1`` joint) has two forms
+(``draft_only_temperature``): ``"verify0"`` tempers every draft, draft 0
+included, which must then be verified like the others (a two-call round can
+yield one token, so ``nfe <= N - m`` no longer holds); ``"paper"`` leaves
+draft 0 untempered (it is then exactly ``p_0`` and kept without a test, as
+the paper's ``no_temp_oracle``) and tempers drafts 1.., so the bound holds.
 
 Rows are batched: each row has its own order, prompt size and progress, and
 finished rows leave the batch. The network is reached only through a
@@ -35,6 +49,9 @@ from .orders import order_to_pos, scatter_by_rank
 
 METHODS = ("sequential", "assd", "ngram")
 TEMPERATURE_MODES = ("both", "draft")
+# value names match the protocol fields ``ngram_draft`` / ``draft_only_temperature`` 1:1
+NGRAM_DRAFTS = ("bigram", "paper")
+DRAFT_ONLY_TEMPERATURES = ("verify0", "paper")
 
 
 @dataclass
@@ -117,9 +134,43 @@ def accept_drafts(p_draft: torch.Tensor, q_draft: torch.Tensor, u: torch.Tensor,
     return ok.long().cumprod(-1).sum(-1)
 
 
+def context_counts(tokens: list[int], known: list[bool]) -> tuple[dict[int, Counter], Counter]:
+    """Bigram and unigram counts of one row's known tokens.
+
+    ``bigrams[a][b]`` counts the adjacent known positions ``(j, j + 1)`` holding
+    ``(a, b)``; ``unigrams[a]`` counts the known positions holding ``a``. These
+    are the counts the paper's ``ContextNGram`` holds at the start of a round
+    (it logs each known position and each known adjacent pair once).
+
+    Args:
+        tokens, known: the row's ids and known flags (length ``N``).
+    """
+    bigrams: dict[int, Counter] = defaultdict(Counter)
+    for j in range(len(tokens) - 1):
+        if known[j] and known[j + 1]:
+            bigrams[tokens[j]][tokens[j + 1]] += 1
+    unigrams = Counter(t for t, kn in zip(tokens, known) if kn)
+    return bigrams, unigrams
+
+
+def _inverse_cdf(dist: dict[int, float], u: float) -> int:
+    """The first id (in ``dist``'s order) whose cumulative probability exceeds ``u``; the last on round-off."""
+    acc = 0.0
+    for t, w in dist.items():
+        acc += w
+        if u < acc:
+            return t
+    return t
+
+
+def _left_token(tokens: list[int], known: list[bool], pos: int) -> int | None:
+    """The token on the left of ``pos`` if that position is known (or drafted), else ``None``."""
+    return tokens[pos - 1] if pos >= 1 and known[pos - 1] else None
+
+
 def context_bigram_draft(tokens: list[int], known: list[bool], order: list[int], start: int, k: int,
                          u: list[float], temperature: float = 1.0) -> tuple[list[int], list[dict[int, float]]]:
-    """Bigram draft for one row from its known tokens (the "n-gram" draft of the paper's code).
+    """asarm's bigram draft for one row from its known tokens (``ngram_draft="bigram"``).
 
     Counts every pair of adjacent known positions. The position of rank
     ``start + i`` is drafted from the counts that follow the token on its
@@ -135,30 +186,63 @@ def context_bigram_draft(tokens: list[int], known: list[bool], order: list[int],
     Returns:
         ``(drafts, dists)``: drafted ids, and each draft's distribution (id -> prob).
     """
-    counts: dict[int, Counter] = defaultdict(Counter)
-    for j in range(len(tokens) - 1):
-        if known[j] and known[j + 1]:
-            counts[tokens[j]][tokens[j + 1]] += 1
+    counts, _ = context_counts(tokens, known)
     tokens, known = list(tokens), list(known)
     drafts, dists = [], []
     for i in range(k):
         pos = order[start + i]
-        left = pos - 1
-        if left < 0 or not known[left] or tokens[left] not in counts:
+        left = _left_token(tokens, known, pos)
+        if left is None or left not in counts:
             break
-        c = counts[tokens[left]]
+        c = counts[left]
         ids = sorted(c)
         # count ** (1 / T), scaled by the largest count: no overflow at small T
         top = max(c.values())
         weights = [math.exp(math.log(c[t] / top) / temperature) for t in ids]
         total = sum(weights)
         dist = {t: w / total for t, w in zip(ids, weights)}
-        tok, acc = ids[-1], 0.0
-        for t in ids:  # inverse CDF
-            acc += dist[t]
-            if u[i] < acc:
-                tok = t
-                break
+        tok = _inverse_cdf(dist, u[i])
+        tokens[pos], known[pos] = tok, True
+        drafts.append(tok)
+        dists.append(dist)
+    return drafts, dists
+
+
+def context_ngram_draft(tokens: list[int], known: list[bool], order: list[int], start: int, k: int,
+                        u: list[float]) -> tuple[list[int], list[dict[int, float]]]:
+    """The paper's n-gram draft for one row (``ngram_draft="paper"``, its ``ContextNGram``).
+
+    The position of rank ``start + i`` is drafted from the bigram counts that
+    follow its left token (known, or drafted earlier in this round) when that
+    token has any; otherwise (no successor counted, or no left token) from
+    the unigram counts of the known tokens. Counts are used as they are (the
+    paper applies no temperature to them) and are not updated with this
+    round's drafts. Drafts all ``k`` positions as long as a known token exists.
+
+    The sampler never calls this for a round whose first position has no
+    known left neighbour: the paper drafts that round with the model
+    (``_ngram``).
+
+    Args:
+        tokens, known: the row's ids and known flags (length ``N``).
+        order: ``order_to_pos`` of the row. start: first rank to draft.
+        k: at most this many drafts. u: ``k`` uniforms (one per draft).
+    Returns:
+        ``(drafts, dists)``: drafted ids, and each draft's distribution (id -> prob),
+        empty only when no token is known.
+    """
+    bigrams, unigrams = context_counts(tokens, known)
+    tokens, known = list(tokens), list(known)
+    drafts, dists = [], []
+    for i in range(k):
+        pos = order[start + i]
+        left = _left_token(tokens, known, pos)
+        c = bigrams[left] if left in bigrams else unigrams
+        if not c:
+            break
+        total = sum(c.values())
+        dist = {t: c[t] / total for t in sorted(c)}
+        tok = _inverse_cdf(dist, u[i])
         tokens[pos], known[pos] = tok, True
         drafts.append(tok)
         dists.append(dist)
@@ -166,7 +250,7 @@ def context_bigram_draft(tokens: list[int], known: list[bool], order: list[int],
 
 
 # ---------------------------------------------------------------------------- sampler
-def _check_args(method, k, temperature, temperature_mode, r_atol):
+def _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft, draft_only_temperature):
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -177,6 +261,25 @@ def _check_args(method, k, temperature, temperature_mode, r_atol):
         raise ValueError(f"temperature_mode must be one of {TEMPERATURE_MODES}, got {temperature_mode!r}")
     if not isinstance(r_atol, (int, float)) or not math.isfinite(r_atol) or r_atol < 0:
         raise ValueError(f"r_atol must be a finite number >= 0, got {r_atol!r}")
+    if ngram_draft not in NGRAM_DRAFTS:
+        raise ValueError(f"ngram_draft must be one of {NGRAM_DRAFTS}, got {ngram_draft!r}")
+    if draft_only_temperature not in DRAFT_ONLY_TEMPERATURES:
+        raise ValueError(f"draft_only_temperature must be one of {DRAFT_ONLY_TEMPERATURES}, "
+                         f"got {draft_only_temperature!r}")
+
+
+def draft_temperatures(temperature: float, temperature_mode: str, draft_only_temperature: str):
+    """The temperatures ``(t_first, t_rest, t_oracle)`` of model draft 0, model drafts 1.., and the oracle.
+
+    ``"both"``: all ``T`` (exact for the tempered joint). ``"draft"``: the oracle
+    at 1 (exact for the ``T = 1`` joint) and drafts 1.. at ``T``; draft 0 at
+    ``T`` (``"verify0"``) or at 1 (``"paper"``: then ``t_first == t_oracle``,
+    so draft 0 is the oracle's own conditional and needs no test).
+    """
+    t = float(temperature)
+    if temperature_mode == "both":
+        return t, t, t
+    return (1.0 if draft_only_temperature == "paper" else t), t, 1.0
 
 
 class _Run:
@@ -248,7 +351,8 @@ class _Run:
 @torch.no_grad()
 def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor, *,
            method: str = "assd", k: int = 5, temperature: float = 1.0, temperature_mode: str = "both",
-           r_atol: float = 0.0, bonus: bool = False, generator: torch.Generator | None = None,
+           r_atol: float = 0.0, bonus: bool = False, ngram_draft: str = "bigram",
+           draft_only_temperature: str = "verify0", generator: torch.Generator | None = None,
            backend: str = "cached") -> SampleOutput:
     """Complete the masked positions of every row by sampling the order-``sigma`` joint.
 
@@ -260,30 +364,43 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
         method: ``"sequential"``, ``"assd"`` or ``"ngram"``.
         k: draft length (ASSD and n-gram).
         temperature: ``T > 0``, applied to draft and oracle (``temperature_mode="both"``,
-            exact for the tempered joint) or to the draft only (``"draft"``: exact for
-            the ``T = 1`` joint; the ``nfe <= N - m`` bound then no longer holds).
+            exact for the tempered joint) or to the drafts only (``"draft"``: exact for
+            the ``T = 1`` joint; see ``draft_only_temperature``).
         r_atol: slack added to the acceptance ratio. LOSSY: ablations only.
         bonus: ASSD only: when every draft is accepted, one more token from the
             oracle call's query at the next rank (lossless; off by default so that
             call counts match the paper's definition).
+        ngram_draft: method ``"ngram"`` only: ``"bigram"`` (asarm's drafter,
+            ``context_bigram_draft``, plus a query after the last draft) or ``"paper"``
+            (the paper's: ``context_ngram_draft``, a self-draft ASSD round where the
+            first position has no known left neighbour, no extra query).
+        draft_only_temperature: ``temperature_mode="draft"`` only (ignored otherwise):
+            ``"verify0"`` tempers model draft 0 and verifies it (``nfe`` may exceed
+            ``N - m``); ``"paper"`` draws draft 0 untempered, so it is kept without a
+            test and ``nfe <= N - m``.
         generator: ``torch.Generator`` for reproducible sampling.
         backend: ``"cached"`` (content-stream K/V cache, ``asarm.cache``) or ``"plain"``
             (recomputes every position at every call, as the paper's code). Same samples.
     Returns:
         ``SampleOutput`` with ``sequences (B, N)`` and ``nfe (B,)``.
     """
-    _check_args(method, k, temperature, temperature_mode, r_atol)
+    _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft, draft_only_temperature)
     num_visible = torch.as_tensor(num_visible, device=input_ids.device) if not isinstance(num_visible, torch.Tensor) else num_visible
     model.check_inputs(input_ids, sigma, num_visible)
     input_ids, sigma, num_visible = (t.to(model.device, torch.long) for t in (input_ids, sigma, num_visible))
     run = _Run(model, input_ids, sigma, num_visible, generator, backend)
-    t_draft = float(temperature)
-    t_oracle = t_draft if temperature_mode == "both" else 1.0
-    {"sequential": _sequential, "assd": _assd, "ngram": _ngram}[method](run, k, t_draft, t_oracle, r_atol, bonus)
+    temps = draft_temperatures(temperature, temperature_mode, draft_only_temperature)
+    if method == "sequential":
+        _sequential(run, temps[2])
+    elif method == "assd":
+        while len(rows := run.active()):
+            _assd_round(run, rows, k, temps, r_atol, bonus)
+    else:
+        _ngram(run, k, temps, r_atol, ngram_draft)
     return SampleOutput(run.x, run.nfe, run.drafted, run.accepted)
 
 
-def _sequential(run: _Run, k, t_draft, t_oracle, r_atol, bonus):
+def _sequential(run: _Run, t_oracle):
     while len(rows := run.active()):
         n = run.n[rows]
         one = torch.ones_like(n)
@@ -293,39 +410,63 @@ def _sequential(run: _Run, k, t_draft, t_oracle, r_atol, bonus):
         run.n[rows] = n + 1
 
 
-def _assd(run: _Run, k, t_draft, t_oracle, r_atol, bonus):
-    exact_draft = t_draft == t_oracle  # then q_0 = p_0: draft 0 needs no verification
-    while len(rows := run.active()):
-        n = run.n[rows]
-        kk = (run.N - n).clamp(max=k)
-        q = probs_from_logits(run.call(rows, n, n, kk), t_draft, run.banned)  # (R, K, V)
-        drafts = sample_from_probs(q, run.rand(*q.shape[:2]))
-        if exact_draft:
-            # a row with one token left keeps its draft: it is the exact conditional
-            last = kk == 1
-            if last.any():
-                run.write(rows[last], n[last], drafts[last, :1], kk[last])
-                run.n[rows[last]] = n[last] + 1
-            keep = ~last
-            rows, drafts, q, kk = rows[keep], drafts[keep], q[keep], kk[keep]
-            if not len(rows):
-                continue
-        run.oracle_round(rows, drafts, q, kk, T=t_oracle, extra_query=bonus, accept_first=exact_draft,
-                         r_atol=r_atol)
+def _assd_round(run: _Run, rows, k, temps, r_atol, bonus):
+    """One self-draft round for ``rows``: a draft call, then (unless one token is left) an oracle call."""
+    t_first, t_draft, t_oracle = temps
+    exact_draft = t_first == t_oracle  # then q_0 = p_0: draft 0 needs no verification
+    n = run.n[rows]
+    kk = (run.N - n).clamp(max=k)
+    logits = run.call(rows, n, n, kk)
+    q = probs_from_logits(logits, t_draft, run.banned)  # (R, K, V)
+    if t_first != t_draft:
+        q[:, 0] = probs_from_logits(logits[:, 0], t_first, run.banned)
+    drafts = sample_from_probs(q, run.rand(*q.shape[:2]))
+    if exact_draft:
+        # a row with one token left keeps its draft: it is the exact conditional
+        last = kk == 1
+        if last.any():
+            run.write(rows[last], n[last], drafts[last, :1], kk[last])
+            run.n[rows[last]] = n[last] + 1
+        keep = ~last
+        rows, drafts, q, kk = rows[keep], drafts[keep], q[keep], kk[keep]
+        if not len(rows):
+            return
+    run.oracle_round(rows, drafts, q, kk, T=t_oracle, extra_query=bonus, accept_first=exact_draft,
+                     r_atol=r_atol)
 
 
-def _ngram(run: _Run, k, t_draft, t_oracle, r_atol, bonus):
+def _ngram(run: _Run, k, temps, r_atol, ngram_draft):
+    t_first, t_draft, t_oracle = temps
+    paper = ngram_draft == "paper"
     vocab = run.model.vocab_size
     while len(rows := run.active()):
+        if paper:
+            # the paper drafts with the model when the first position has no left token
+            # (its ``order_to_pos[n] == 0``; with other orders also an unknown left neighbour)
+            n = run.n[rows]
+            pos = run.order[rows].gather(1, n[:, None]).squeeze(1)
+            left_rank = run.sigma[rows].gather(1, (pos - 1).clamp(min=0)[:, None]).squeeze(1)
+            by_model = (pos == 0) | (left_rank >= n)
+            if by_model.any():
+                _assd_round(run, rows[by_model], k, temps, r_atol, bonus=False)
+                rows = rows[~by_model]
+                if not len(rows):
+                    continue
         n = run.n[rows]
         u = run.rand(len(rows), k).tolist()
         x = run.x[rows].tolist()
         known = (run.sigma[rows] < n[:, None]).tolist()
         order = run.order[rows].tolist()
-        # leave room for the query after the last draft: each call yields >= 1 token
-        room = (run.N - 1 - n).clamp(min=0, max=k).tolist()
-        drafted = [context_bigram_draft(x[r], known[r], order[r], int(n[r]), room[r], u[r], t_draft)
-                   for r in range(len(rows))]
+        if paper:
+            # no extra query: every rank left may be drafted; >= 1 draft per row since m >= 1
+            room = (run.N - n).clamp(max=k).tolist()
+            drafted = [context_ngram_draft(x[r], known[r], order[r], int(n[r]), room[r], u[r])
+                       for r in range(len(rows))]
+        else:
+            # leave room for the query after the last draft: each call yields >= 1 token
+            room = (run.N - 1 - n).clamp(min=0, max=k).tolist()
+            drafted = [context_bigram_draft(x[r], known[r], order[r], int(n[r]), room[r], u[r], t_draft)
+                       for r in range(len(rows))]
         width = max(1, max(len(d) for d, _ in drafted))
         drafts = torch.zeros(len(rows), width, dtype=torch.long)
         q = torch.zeros(len(rows), width, vocab)
@@ -336,5 +477,5 @@ def _ngram(run: _Run, k, t_draft, t_oracle, r_atol, bonus):
                 q[r, i, 0] = 0.0
                 q[r, i, list(dist)] = torch.tensor(list(dist.values()))
         num = torch.tensor([len(d) for d, _ in drafted], device=n.device)
-        run.oracle_round(rows, drafts.to(n.device), q.to(n.device), num, T=t_oracle, extra_query=True,
+        run.oracle_round(rows, drafts.to(n.device), q.to(n.device), num, T=t_oracle, extra_query=not paper,
                          accept_first=False, r_atol=r_atol)

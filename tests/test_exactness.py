@@ -10,6 +10,7 @@ which shows it has the power to notice a wrong distribution.
 
 import importlib.util
 import itertools
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -102,7 +103,23 @@ CASES = {
     "assd_bonus": ("random", 3, [9, 14, 12], dict(method="assd", k=2, bonus=True)),
     "ngram": ("prefix", 3, [13, 9, 13], dict(method="ngram", k=3)),
     "assd_draft_only_T": ("sorted", 2, [12, 10], dict(method="assd", k=3, temperature=0.6, temperature_mode="draft")),
+    # the paper's draft-only temperature: draft 0 untempered, kept without a test
+    "assd_draft0_paper": ("sorted", 2, [12, 10], dict(method="assd", k=3, temperature=0.6, temperature_mode="draft",
+                                                      draft_only_temperature="paper")),
+    # the paper's n-gram drafter: 13 has no successor in the prompt, so it falls back to unigrams
+    "ngram_paper": ("prefix", 3, [9, 12, 13], dict(method="ngram", k=3, ngram_draft="paper")),
+    # random order: first positions without a known left token take self-draft (model) rounds
+    "ngram_paper_random": ("random", 2, [10, 13], dict(method="ngram", k=3, ngram_draft="paper")),
+    "ngram_paper_draft0_paper": ("random", 2, [11, 9], dict(method="ngram", k=3, ngram_draft="paper", temperature=0.6,
+                                                            temperature_mode="draft", draft_only_temperature="paper")),
 }
+
+
+def call_bound(masked: int, kwargs) -> int:
+    """The most calls a row may take: ``N - m``, except draft-only temperature with draft 0 verified."""
+    verified_draft0 = (kwargs.get("temperature_mode") == "draft"
+                       and kwargs.get("draft_only_temperature", "verify0") == "verify0")
+    return 2 * masked if verified_draft0 else masked
 
 
 def _order(kind, m, seed):
@@ -114,10 +131,26 @@ def _order(kind, m, seed):
     return orders.random_order(1, N, generator=g)[0]
 
 
+def count_rounds(monkeypatch) -> Counter:
+    """Count the paper n-gram sampler's rounds by kind: ``"ngram"`` (count draft) and ``"model"`` (self-draft)."""
+    rounds = Counter()
+
+    def counted(kind, fn):
+        def wrapper(*args, **kwargs):
+            rounds[kind] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(sampling, "context_ngram_draft", counted("ngram", sampling.context_ngram_draft))
+    monkeypatch.setattr(sampling, "_assd_round", counted("model", sampling._assd_round))
+    return rounds
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_sampler_matches_exact_joint(model, case, backend):
+def test_sampler_matches_exact_joint(model, case, backend, monkeypatch):
     kind, m, tokens, kwargs = CASES[case]
+    rounds = count_rounds(monkeypatch)
     sigma = _order(kind, m, seed=len(case))
     x = _prompt(sigma, m, tokens)
     target_t = 1.0 if kwargs.get("temperature_mode") == "draft" else kwargs.get("temperature", 1.0)
@@ -129,22 +162,33 @@ def test_sampler_matches_exact_joint(model, case, backend):
     assert p_value > P_MIN, f"{case}: chi-square p = {p_value:.2e}"
     assert tv <= bound, f"{case}: TV {tv:.4f} > {bound:.4f}"
     masked = N - m
-    if kwargs.get("temperature_mode") == "draft":
-        assert (out.nfe <= 2 * masked).all()
-    else:
-        assert (out.nfe <= masked).all()
+    assert (out.nfe <= call_bound(masked, kwargs)).all()
     if kwargs["method"] == "sequential":
         assert (out.nfe == masked).all()
     if kwargs["method"] == "ngram":
         assert out.drafted.sum() > 0, "the n-gram draft was never used: the case does not test it"
-    if kwargs["method"] == "assd" and kwargs.get("temperature_mode") != "draft" and kwargs["k"] > 2:
+    if kwargs.get("ngram_draft") == "paper":
+        assert rounds["ngram"] > 0, "no count-drafted round: the case does not test the paper's drafter"
+        if kind == "random":
+            assert rounds["model"] > 0, "no self-draft round: the case does not test the no-left-token rule"
+    if kwargs["method"] == "assd" and call_bound(masked, kwargs) == masked and kwargs["k"] > 2:
         # (with k = 2 a two-call round always yields exactly two tokens, without bonus)
         assert out.nfe.float().mean() < masked, "ASSD saved no call at all"
 
 
+MIXED = {
+    "assd": dict(method="assd", k=3),
+    "assd_draft0_paper": dict(method="assd", k=3, temperature=0.6, temperature_mode="draft",
+                              draft_only_temperature="paper"),
+    "ngram_paper": dict(method="ngram", k=3, ngram_draft="paper"),
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mixed_batch_each_row_matches_its_own_joint(model, backend):
+@pytest.mark.parametrize("sampler", list(MIXED))
+def test_mixed_batch_each_row_matches_its_own_joint(model, backend, sampler):
     """One batch mixing orders, prompt sizes and prompts; every group against its own joint."""
+    kwargs = MIXED[sampler]
     configs = [("sorted", 2, [9, 12]), ("random", 3, [10, 14, 11]), ("sorted", 1, [13])]
     per = 8000
     xs, sigmas, ms = [], [], []
@@ -158,10 +202,9 @@ def test_mixed_batch_each_row_matches_its_own_joint(model, backend):
     x = torch.stack(xs)[group]
     sigma = torch.stack(sigmas)[group]
     m = torch.tensor(ms)[group]
-    out = asarm.sample(model, x, sigma, m, method="assd", k=3, generator=torch.Generator().manual_seed(5),
-                       backend=backend)
+    out = asarm.sample(model, x, sigma, m, generator=torch.Generator().manual_seed(5), backend=backend, **kwargs)
     for i in range(len(configs)):
-        seqs, probs = exact_joint(model, xs[i], sigmas[i], ms[i])
+        seqs, probs = exact_joint(model, xs[i], sigmas[i], ms[i])  # every sampler here targets the T = 1 joint
         p_value, tv, bound = goodness_of_fit(out.sequences[group == i], seqs, probs)
         assert p_value > P_MIN and tv <= bound, f"group {i}: p = {p_value:.2e}, TV {tv:.4f} (bound {bound:.4f})"
         assert (out.nfe[group == i] <= N - ms[i]).all()
@@ -174,17 +217,32 @@ def _broken_accept_ignoring_draft(p_d, q_d, u, valid, r_atol=0.0, accept_first=F
     return (ok & valid).long().cumprod(-1).sum(-1)
 
 
-@pytest.mark.parametrize("broken", ["r_atol", "accept_ignores_draft"])
+_accept_drafts = sampling.accept_drafts
+
+
+def _broken_accept_draft0_untested(p_d, q_d, u, valid, r_atol=0.0, accept_first=False):
+    # keeps draft 0 without a test even when it was tempered (wrong unless q_0 = p_0)
+    return _accept_drafts(p_d, q_d, u, valid, r_atol, accept_first=True)
+
+
+BROKEN = {
+    # name: (case, override of the sample kwargs, replacement of sampling.accept_drafts)
+    "r_atol": ("assd_k2", dict(r_atol=0.5), None),
+    "accept_ignores_draft": ("assd_k2", {}, _broken_accept_ignoring_draft),
+    "ngram_paper_accept_ignores_draft": ("ngram_paper", {}, _broken_accept_ignoring_draft),
+    "tempered_draft0_kept_untested": ("assd_draft_only_T", {}, _broken_accept_draft0_untested),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
 def test_the_test_rejects_a_broken_sampler(model, broken, monkeypatch):
-    kind, m, tokens, kwargs = CASES["assd_k2"]
-    sigma = _order(kind, m, seed=len("assd_k2"))
+    case, override, accept = BROKEN[broken]
+    kind, m, tokens, kwargs = CASES[case]
+    sigma = _order(kind, m, seed=len(case))
     x = _prompt(sigma, m, tokens)
-    seqs, probs = exact_joint(model, x, sigma, m)
-    kwargs = dict(kwargs)
-    if broken == "r_atol":
-        kwargs["r_atol"] = 0.5
-    else:
-        monkeypatch.setattr(sampling, "accept_drafts", _broken_accept_ignoring_draft)
-    out = draw(model, x, sigma, m, seed=1, **kwargs)
+    seqs, probs = exact_joint(model, x, sigma, m)  # every case here targets the T = 1 joint
+    if accept is not None:
+        monkeypatch.setattr(sampling, "accept_drafts", accept)
+    out = draw(model, x, sigma, m, seed=1, **(kwargs | override))
     p_value, tv, bound = goodness_of_fit(out.sequences, seqs, probs)
     assert p_value < P_MIN and tv > bound, f"broken sampler not detected: p = {p_value:.2e}, TV {tv:.4f}"
