@@ -35,9 +35,9 @@ from typing import Callable
 
 from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, decode_text, encode_code_whitespace, is_sentencepiece,
                          lossy_reason, make_encoder, opens_segment)
-from .execution import check_many, official_harness_usable
+from .execution import check_many, official_harness_usable, validate_limits
 from .metrics import mean_se, pass_at_k
-from .protocol import add_protocol_argument, apply_protocol
+from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_jsonl, require_fields
 
@@ -241,7 +241,7 @@ def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
         g = torch.Generator(device=model.device).manual_seed(seed)
         sigma, m = infill_order(ids, model.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
         out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"],
-                     generator=g)
+                     generator=g, **cfg["sampler"])
         rows, nfes, span = out.sequences.tolist(), out.nfe.tolist(), inputs["num_masked"]
     return [{"completion": completion_text(row[start:start + span], inputs, tokenizer, code), "nfe": int(nfe),
              "num_masked": inputs["num_masked"], "input_tokens": len(inputs["ids"])} for row, nfe in zip(rows, nfes)]
@@ -300,10 +300,12 @@ def run(args) -> int:
     units = [Unit(p["task_id"], p) for p in problems]
     if args.num_samples < 1:
         raise ValueError("--num-samples must be >= 1")
+    validate_limits(args.timeout, args.memory_mb)  # before any model is loaded
     official, args.harness_used = choose_harness(args.harness)
     cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "num_samples", "max_length",
                                          "timeout", "memory_mb", "workers", "code_whitespace", "code_encoding",
                                          "context")}
+    cfg["sampler"] = sampler_options(args)
 
     def make_process():
         model = tokenizer = None
@@ -366,6 +368,7 @@ def register(sub) -> None:
                         "(tokenization, decoding and stitching self-check, no model); 'canonical' runs the "
                         "reference solutions untokenized (harness self-check)")
     add_protocol_argument(p)
+    add_sampler_arguments(p)
     p.add_argument("--k", type=int, default=None, help="draft length (default: from --protocol: 5 asarm, 10 paper)")
     p.add_argument("--banned", default=None, choices=["specials", "mask"],
                    help="never sample any special token, or only <mask> (the paper's); the whitespace specials "

@@ -28,7 +28,7 @@ import argparse
 from pathlib import Path
 
 from .metrics import ROUGE_AGGREGATES, ROUGE_TYPES, mean_se, rouge_bootstrap, rouge_scores
-from .protocol import add_protocol_argument, apply_protocol
+from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_csv, require_fields
 
@@ -91,7 +91,7 @@ def fill_middles(ids, sigma, m, enc: dict, model, cfg: dict, generator):
     from ..sampling import sample
 
     out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"],
-                 generator=generator)
+                 generator=generator, **cfg["sampler"])
     return out.sequences.tolist(), out.nfe.tolist()
 
 
@@ -153,6 +153,7 @@ def run(args) -> int:
     stories = load_stories(args.data)
     units = build_units(stories, args.settings)
     cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "trials", "max_length", "rouge_stemmer")}
+    cfg["sampler"] = sampler_options(args)
 
     def make_process():
         model, tokenizer = load_model_and_tokenizer(args)
@@ -221,6 +222,7 @@ def register(sub) -> None:
                                    "against the true middle (paper, sec. 6).")
     add_model_arguments(p)
     add_protocol_argument(p)
+    add_sampler_arguments(p)
     p.add_argument("--data", default=default_data("rocstories/cloze_test_val__spring2016.csv"),
                    help="ROCStories cloze CSV or hf:... (default: %(default)s)")
     p.add_argument("--settings", nargs="+", default=["middle", "long"], choices=list(SETTINGS),

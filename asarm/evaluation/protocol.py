@@ -106,6 +106,28 @@ def apply_protocol(args: argparse.Namespace, mapping: dict[str, str] | None = No
     return protocol
 
 
+SAMPLER_OPTIONS = ("temperature_mode", "ngram_draft", "draft_only_temperature")
+
+
+def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampler variants every evaluation shares; the protocol fills ``--ngram-draft`` and
+    ``--draft-only-temperature`` when left unset (``sampler_options`` turns them into ``sample`` kwargs)."""
+    p.add_argument("--temperature-mode", default="both", choices=["both", "draft"],
+                   help="apply --temperature to draft and oracle (the tempered joint) or to the draft only "
+                        "(the T = 1 joint) (default: %(default)s)")
+    p.add_argument("--ngram-draft", default=None, choices=["bigram", "paper"],
+                   help="n-gram drafter: the context's bigram counts (asarm) or bigram, else unigram, else the "
+                        "model's own draft (the paper's) (default: from --protocol)")
+    p.add_argument("--draft-only-temperature", default=None, choices=["verify0", "paper"],
+                   help="with --temperature-mode draft: draft 0 tempered and verified (asarm) or untempered and "
+                        "always accepted (the paper's, keeps NFE <= N - m) (default: from --protocol)")
+
+
+def sampler_options(args: argparse.Namespace) -> dict:
+    """``asarm.sample`` keyword arguments of ``add_sampler_arguments``'s options (after ``apply_protocol``)."""
+    return {name: getattr(args, name) for name in SAMPLER_OPTIONS}
+
+
 def banned_ids_for(banned: str, tokenizer, code: bool) -> list[int]:
     """The ids never sampled under ``banned`` (``specials`` | ``mask``); code keeps its whitespace specials."""
     from ..tokenizer import code_whitespace_ids, special_ids

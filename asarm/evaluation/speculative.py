@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from .metrics import mean_se, paired_tests, unigram_entropy
-from .protocol import add_protocol_argument, apply_protocol
+from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_text, require_fields
 
@@ -224,7 +224,8 @@ def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg:
         for backend in backends:  # the same seed per backend: the same sample up to float rounding
             gen = torch.Generator(device=model.device).manual_seed((seed + 7919 * (i + 1)) % 2**63)
             out, times[backend] = timed_sample(model, masked, sigma, m_t, method=system["method"], k=cfg["k"],
-                                               temperature=cfg["temperature"], generator=gen, backend=backend)
+                                               temperature=cfg["temperature"], generator=gen, backend=backend,
+                                               **cfg["sampler"])
             outs.append(out)
         out = outs[0]
         seq = out.sequences[0].tolist()
@@ -323,6 +324,7 @@ def run(args) -> int:
               f"(--no-reuse-chunks, the paper's): {len(units)} trials instead of --trials {args.trials}",
               file=sys.stderr)
     cfg = {"visible_frac": args.visible_frac, "visible_rule": args.visible_rule, "k": args.k,
+           "sampler": sampler_options(args),
            "temperature": args.temperature, "backends": list(args.backends), "judge_specials": args.judge_specials,
            "code": args.code}
 
@@ -478,6 +480,7 @@ def register(sub) -> None:
     p.add_argument("--data", default=default_data("wikitext-2-raw/wiki.test.raw"),
                    help="text file, or hf:wikitext:wikitext-2-raw-v1@test (default: %(default)s)")
     add_protocol_argument(p)
+    add_sampler_arguments(p)
     p.add_argument("--seq-len", type=int, default=512, help="packed chunk length (default: %(default)s)")
     p.add_argument("--wikitext-specials", action=argparse.BooleanOptionalAction, default=None,
                    help="encode every row (blank ones too) with the tokenizer's specials (<sep><cls>) before its "
