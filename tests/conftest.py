@@ -79,3 +79,26 @@ def tiny_model(local_tokenizer):
     from asarm import ASARM
 
     return ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train ~10x faster on one thread than on two when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_batch(model, b: int = 6, n: int = 24, seed: int = 0):
+    """``(ids, sigma, m)``: ``b`` rows of ``n`` random non-special ids, half sorted and half random orders,
+    prompt sizes in ``[1, n / 2)``, masked positions holding the mask id."""
+    from asarm import XLNET_SPECIAL_TOKENS, orders
+
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randint(1, n // 2, (b,), generator=g)
+    sigma = torch.cat([orders.random_sorted_order(b // 2, n, m[: b // 2], generator=g),
+                       orders.random_order(b - b // 2, n, generator=g)])
+    x = torch.randint(len(XLNET_SPECIAL_TOKENS), model.vocab_size, (b, n), generator=g)
+    x = torch.where(sigma < m[:, None], x, torch.full_like(x, model.mask_token_id))
+    return x, sigma, m

@@ -24,12 +24,7 @@ LAUNCHERS = {"_run_training.sh", "_continue_training_nlp.sh", "_continue_trainin
              "_ablation_ar.sh", "_ablation_pretrained.sh", "_ablation_masking_rate.sh"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _header(path: Path) -> str:

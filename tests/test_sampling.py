@@ -4,18 +4,12 @@ import pytest
 import torch
 
 import asarm
-from asarm import orders
+from conftest import random_batch
 from asarm.sampling import accept_drafts, probs_from_logits, residual_probs, sample_from_probs
 
 
 def _batch(model, b=6, n=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = torch.randint(1, n // 2, (b,), generator=g)
-    sigma = torch.cat([orders.random_sorted_order(b // 2, n, m[: b // 2], generator=g),
-                       orders.random_order(b - b // 2, n, generator=g)])
-    x = torch.randint(len(asarm.XLNET_SPECIAL_TOKENS), model.vocab_size, (b, n), generator=g)
-    x = torch.where(sigma < m[:, None], x, torch.full_like(x, model.mask_token_id))
-    return x, sigma, m
+    return random_batch(model, b, n, seed)
 
 
 @pytest.mark.parametrize("method", ["sequential", "assd", "ngram"])

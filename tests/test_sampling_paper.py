@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import asarm
+from conftest import random_batch
 from asarm import orders, sampling
 from asarm.sampling import context_counts, context_ngram_draft, draft_temperatures
 
@@ -61,13 +62,7 @@ def test_draft_temperatures():
 
 # ---------------------------------------------------------------------------- the sampler
 def _batch(model, b=8, n=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = torch.randint(1, n // 2, (b,), generator=g)
-    sigma = torch.cat([orders.random_sorted_order(b // 2, n, m[: b // 2], generator=g),
-                       orders.random_order(b - b // 2, n, generator=g)])
-    x = torch.randint(len(asarm.XLNET_SPECIAL_TOKENS), model.vocab_size, (b, n), generator=g)
-    x = torch.where(sigma < m[:, None], x, torch.full_like(x, model.mask_token_id))
-    return x, sigma, m
+    return random_batch(model, b, n, seed)
 
 
 def _record_calls(monkeypatch) -> list[tuple[list, list, list]]:

@@ -20,13 +20,7 @@ TINY = dict(dataset="stdlib", eval_docs=10, seq_len=32, init="fresh", tokenizer=
             log_steps=1, eval_steps=0, eval_rates=[0.5], eval_batches=1, sample_rows=1, sample_rate=0.5, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train ~10x faster on one thread than on two when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, name="run", **kw) -> TrainConfig:
