@@ -14,22 +14,30 @@ PROBLEM = {"task_id": "toy/0", "entry_point": "add", "prompt": "def add(a, b):\n
            "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
 
 
-def _single_line(shared_data):
-    path = shared_data / "human-eval-infilling" / "HumanEval-SingleLineInfilling.jsonl.gz"
-    with gzip.open(path, "rt") as f:
+FILES = {"single-line": ("HumanEval-SingleLineInfilling.jsonl.gz", 1033),
+         "multi-line": ("HumanEval-MultiLineInfilling.jsonl.gz", 5815),
+         "random-span": ("HumanEval-RandomSpanInfilling.jsonl.gz", 1640),
+         "random-span-light": ("HumanEval-RandomSpanInfillingLight.jsonl.gz", 164)}
+
+
+def _problems(shared_data, name):
+    with gzip.open(shared_data / "human-eval-infilling" / FILES[name][0], "rt") as f:
         return [json.loads(line) for line in f]
 
 
-def test_canonical_solutions_pass_all_single_line(shared_data):
-    """All 1033 single-line problems, run in parallel isolated processes, pass with their canonical middle."""
-    problems = _single_line(shared_data)
-    assert len(problems) == 1033
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_canonical_solutions_pass_every_task_under_the_isolation(shared_data, name):
+    """Every task of the four files, in parallel isolated processes (namespaces where bubblewrap works),
+    passes with its canonical middle: the isolation refuses nothing a real solution needs."""
+    problems = _problems(shared_data, name)
+    assert len(problems) == FILES[name][1]
     t0 = time.time()
     results = check_many([(p, p["canonical_solution"]) for p in problems], timeout=10.0,
                          workers=max(4, 2 * (os.cpu_count() or 1)))
     failed = [(p["task_id"], r.status) for p, r in zip(problems, results) if not r.passed]
     assert not failed, failed[:5]
-    print(f"1033 canonical programs in {time.time() - t0:.1f} s")
+    print(f"{len(problems)} canonical programs in {time.time() - t0:.1f} s")
 
 
 def test_right_and_wrong_completion():
