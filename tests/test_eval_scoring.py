@@ -47,6 +47,7 @@ def test_scoring_the_export_reproduces_the_generated_runs(tiny_model_dir, shared
         gen, scored = tmp_path / f"{name}-gen", tmp_path / f"{name}-scored"
         assert main(["infill-code", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(gen),
                      *FAST, *extra]) == 0
+        assert "score_samples" not in _results(gen)["config"]  # a generated run's config is as before
         export = gen / "official_samples.jsonl"
         rows = [json.loads(line) for line in export.read_text().splitlines()]
         records = [r for rs in _samples(gen).values() for r in rs]
@@ -90,7 +91,9 @@ def test_scoring_a_handmade_samples_file(shared_data, tmp_path, monkeypatch):
     assert verdicts == {(probs[0]["task_id"], 0): True, (probs[0]["task_id"], 1): True,
                         (probs[1]["task_id"], 0): False, (probs[1]["task_id"], 1): True,
                         (probs[2]["task_id"], 0): False, (probs[2]["task_id"], 1): False}
-    assert "samples" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert f"samples {samples.resolve()} (sha256 {hashlib.sha256(samples.read_bytes()).hexdigest()[:12]})" in table
+    assert "encoding:" not in table  # nothing was encoded
     assert _score(samples, data, out) == 0  # everything already done
     _write_jsonl(samples, rows[:3])
     assert _score(samples, data, out) == 2  # a different file: refused, not mixed in
@@ -163,10 +166,15 @@ def test_rescore_adds_the_judge_a_fresh_run_would_have_given(tiny_model_dir, tin
     rescore = ["speculative", "--rescore", str(late), "--judge", str(tiny_judge_dir), *FAST]
     assert main(rescore) == 130
     assert _samples(late) == before and _results(late)["config"]["judge"] == "none"
-    assert len((late / speculative.RESCORE_PROGRESS).read_text().splitlines()) == 2
+    progress = late / speculative.RESCORE_PROGRESS
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 2
+    stale = json.loads(lines[0])  # as if its run had been overwritten since: other texts, not to be reused
+    stale["records"][0]["text"] += " (another run)"
+    progress.write_text("\n".join([json.dumps(stale), lines[1]]) + "\n")
     calls["n"] = -100  # no more interruptions; the resumed rescore does only the records left
     assert main(rescore) == 0
-    assert calls["n"] == -100 + 4  # two trials of two records
+    assert calls["n"] == -100 + 6  # three trials of two records: the stale one and the two never done
     assert not (late / speculative.RESCORE_PROGRESS).exists()
 
     assert _samples(late) == _samples(fresh)  # every field, the judge's included, as the fresh run's
@@ -176,6 +184,7 @@ def test_rescore_adds_the_judge_a_fresh_run_would_have_given(tiny_model_dir, tin
     assert strip(got["results"]["methods"]) == strip(want["results"]["methods"])
     assert got["config"]["judge"] == str(tiny_judge_dir) == want["config"]["judge"]
     assert got["runtime"] == {"rescored_judge": str(tiny_judge_dir), "previous_judge": "none"}
+    assert "rescore" not in got["config"]  # the option is not a setting of the run
     assert "n/a" not in (late / "results.md").read_text().split("Tests")[0]
     # the rescored folder now is the judged run: rerunning that command finds it finished
     assert main(_spec_args(tiny_model_dir, wiki_subset, late, *args, "--judge", str(tiny_judge_dir))) == 0

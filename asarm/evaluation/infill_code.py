@@ -328,8 +328,9 @@ def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bo
     """
     problem = unit.payload
     if cfg["method"] == "samples":  # --score-samples: nothing generated, so no NFE or masks to report
+        problem = {k: v for k, v in problem.items() if k != "completions"}  # the executor gets the problem alone
         samples = [{"completion": c, "nfe": None, "num_masked": None, "input_tokens": None}
-                   for c in problem["completions"]]
+                   for c in unit.payload["completions"]]
     elif cfg["method"] == "canonical":
         samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0,
                     "input_tokens": 0}] * cfg["num_samples"]
@@ -376,6 +377,7 @@ def run(args) -> int:
     if args.score_samples:
         units = scoring_units(args, source)
     else:
+        del args.score_samples  # not a setting of a generated run: its config.json stays as before this option
         args.method = args.method or "assd"
         units = [Unit(p["task_id"], p) for p in load_problems(source, args.tasks)]
     if args.num_samples < 1:
@@ -450,13 +452,13 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
                             + [round(v, 2) for v in pass_k.values()] + [pm(nfe_mean, nfe_se, 1), timeouts]])
     if causes:
         table += "\n\nOracle failures by cause:\n\n" + markdown_table(["cause", "samples"], list(causes.items()))
-    if config.get("score_samples"):
-        what = f"samples {config['score_samples']} (sha256 {str(config.get('samples_sha256'))[:12]})"
+    if config.get("score_samples"):  # nothing was encoded or generated: the file is what was scored
+        what = f"samples {config['score_samples']} (sha256 {str(config.get('samples_sha256'))[:12]}), " \
+               f"harness: {config.get('harness_used')}"
     else:
-        what = f"model {config.get('model')} ({config.get('revision')})"
-    return results, f"Code infilling (HumanEval-infilling), {what}, " \
-                    f"harness: {config.get('harness_used')}, encoding: {config.get('code_encoding')}, " \
-                    f"context: {config.get('context')}\n\n{table}"
+        what = f"model {config.get('model')} ({config.get('revision')}), harness: {config.get('harness_used')}, " \
+               f"encoding: {config.get('code_encoding')}, context: {config.get('context')}"
+    return results, f"Code infilling (HumanEval-infilling), {what}\n\n{table}"
 
 
 def register(sub) -> None:
@@ -499,7 +501,7 @@ def register(sub) -> None:
     p.add_argument("--score-samples", default=None, metavar="FILE",
                    help="score existing samples instead of generating: a JSONL file in the official format "
                         "({\"task_id\", \"completion\"} per line, several lines per task for pass@k), e.g. a "
-                        f"finished run's {EXPORT_FILE}; no model is loaded")
+                        f"finished run's {EXPORT_FILE}; no model is loaded and --num-samples is the file's rows per task")
     p.add_argument("--harness", default="auto", choices=["auto", "official", "builtin"],
                    help="official human_eval_infilling harness if usable (auto), or the builtin executor")
     p.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default: %(default)s)")

@@ -314,14 +314,17 @@ def check_judge_early(name: str | None) -> None:
     check_causal_lm_config(config)
 
 
+def _without_judge(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in JUDGE_FIELDS}
+
+
 def rescore_record(record: dict, judge) -> dict:
     """``record`` with its judge fields (``JUDGE_FIELDS``) recomputed from its stored ``"text"`` by ``judge``.
 
     ``judge`` must be loaded (``(model, tokenizer)``): the entropy of a record
     without a judge was computed on the AS-ARM's ids, which records do not keep.
     """
-    kept = {k: v for k, v in record.items() if k not in JUDGE_FIELDS}
-    return {**kept, **score_text(record["text"], [], judge)}
+    return {**_without_judge(record), **score_text(record["text"], [], judge)}
 
 
 def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress: bool = True) -> int:
@@ -365,8 +368,11 @@ def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the tail of an interrupted write
-            if row.get("judge") == judge_name:
-                rescored[row["uid"]] = row["records"]
+            uid = row.get("uid") if isinstance(row, dict) else None
+            # kept only for this judge and the very records stored now (not those of a run since overwritten)
+            if row.get("judge") == judge_name and uid in done and \
+                    [_without_judge(r) for r in row["records"]] == [_without_judge(r) for r in done[uid]]:
+                rescored[uid] = row["records"]
     todo = [u for u in meta["units"] if u not in rescored]
     with _open_for_append(progress_path) as f:
         for uid in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
@@ -400,6 +406,7 @@ def run(args) -> int:
         from ..utils import resolve_device
 
         return rescore(args.rescore, args.judge, resolve_device(args.device), args.progress)
+    del args.rescore  # not a setting of the run: its config.json stays as before this option
     apply_protocol(args, PROTOCOL_OPTIONS)  # first: config.json records the resolved settings
     if len(set(args.backends)) != len(args.backends):
         raise ValueError(f"--backends lists a backend twice: {' '.join(args.backends)}")
