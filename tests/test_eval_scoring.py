@@ -6,12 +6,14 @@ import gzip
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from asarm.cli import main
-from test_eval_commands import FAST, _results, _samples, _spec_args, tiny_judge_dir, tiny_model_dir, wiki_subset  # noqa: F401
+
+# the tiny model, judge and WikiText slice (and helpers) of the command tests, shared rather than rebuilt differently
+from test_eval_commands import FAST, _results, _samples, _spec_args, _without_time
+from test_eval_commands import tiny_judge_dir, tiny_model_dir, wiki_subset  # noqa: F401 (fixtures)
 
 CODE = "human-eval-infilling"
 
@@ -180,10 +182,11 @@ def test_rescore_adds_the_judge_a_fresh_run_would_have_given(tiny_model_dir, tin
     assert _samples(late) == _samples(fresh)  # every field, the judge's included, as the fresh run's
     assert all(r["ppl"] > 1 for rs in _samples(late).values() for r in rs)
     got, want = _results(late), _results(fresh)
-    strip = lambda res: {m: {k: v for k, v in r.items() if not k.startswith("time")} for m, r in res.items()}  # noqa: E731
-    assert strip(got["results"]["methods"]) == strip(want["results"]["methods"])
+    assert _without_time(got["results"]) == _without_time(want["results"])
     assert got["config"]["judge"] == str(tiny_judge_dir) == want["config"]["judge"]
-    assert got["runtime"] == {"rescored_judge": str(tiny_judge_dir), "previous_judge": "none"}
+    first_runtime = {k: v for k, v in got["runtime"].items() if k not in ("rescored_judge", "previous_judge")}
+    assert (got["runtime"]["rescored_judge"], got["runtime"]["previous_judge"]) == (str(tiny_judge_dir), "none")
+    assert first_runtime == {k: v for k, v in want["runtime"].items() if k != "output_dir"} | {"output_dir": str(late)}
     assert "rescore" not in got["config"]  # the option is not a setting of the run
     assert "n/a" not in (late / "results.md").read_text().split("Tests")[0]
     # the rescored folder now is the judged run: rerunning that command finds it finished

@@ -45,10 +45,10 @@ from typing import Callable
 
 from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, decode_text, encode_code_whitespace, is_sentencepiece,
                          lossy_reason, make_encoder, opens_segment)
+from ..utils import atomic_write_text
 from .execution import check_many, official_harness_usable, validate_limits
 from .metrics import mean_se, pass_at_k
 from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
-from ..utils import atomic_write_text
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_jsonl, require_fields
 

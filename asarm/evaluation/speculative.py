@@ -49,11 +49,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..utils import atomic_write_json, atomic_write_text
 from .metrics import mean_se, paired_tests, unigram_entropy
 from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
-from ..utils import atomic_write_json, atomic_write_text
-from .runner import (CONFIG_FILE, Unit, _open_for_append, add_run_arguments, finalize, load_records, markdown_table,
-                     pm, run_evaluation)
+from .runner import (CONFIG_FILE, RESULTS_FILE, Unit, _open_for_append, add_run_arguments, finalize, load_records,
+                     markdown_table, pm, run_evaluation)
 from .sources import default_data, load_rows, read_text, require_fields
 
 METRICS = ("nfe", "time_s", "ppl", "entropy", "model_nll")
@@ -327,6 +327,46 @@ def rescore_record(record: dict, judge) -> dict:
     return {**_without_judge(record), **score_text(record["text"], [], judge)}
 
 
+def load_rescore_progress(path: Path, judge_name: str, done: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``{uid: rescored records}`` of an interrupted rescore's progress file (``{}`` if there is none).
+
+    A line is kept only when it is whole, for ``judge_name``, and its records are
+    ``done[uid]`` but for the judge fields (not those of a run overwritten since).
+    """
+    kept: dict[str, list[dict]] = {}
+    if not path.exists():
+        return kept
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the tail of an interrupted write
+        if not isinstance(row, dict):
+            continue
+        uid = row.get("uid")
+        if row.get("judge") == judge_name and uid in done and \
+                [_without_judge(r) for r in row["records"]] == [_without_judge(r) for r in done[uid]]:
+            kept[uid] = row["records"]
+    return kept
+
+
+def replace_records(shard_file: Path, records: dict[str, list[dict]]) -> None:
+    """Rewrite a ``samples.*.jsonl`` file atomically with ``records[uid]`` for each of its units found there.
+
+    A line that does not parse (the tail of an interrupted write) is dropped, as ``load_records`` ignores it.
+    """
+    rows = []
+    for line in shard_file.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("uid") in records:
+            row["records"] = records[row["uid"]]
+        rows.append(json.dumps(row) + "\n")
+    atomic_write_text(shard_file, "".join(rows))
+
+
 def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress: bool = True) -> int:
     """Score every stored text of the finished speculative run in ``out_dir`` with ``judge_name``; re-summarise.
 
@@ -334,7 +374,7 @@ def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress:
     ``rescore.progress.jsonl`` (tagged with the judge) before any result file
     changes; then every ``samples.*.jsonl`` and config.json (``judge`` set to
     ``judge_name``) are rewritten atomically, results.json/results.md by
-    ``finalize`` (its runtime records ``rescored_judge`` and the previous judge),
+    ``finalize`` (the runtime gains ``rescored_judge`` and ``previous_judge``),
     and the progress file is removed. Raises ``ValueError``/``OSError`` naming the
     fix when ``out_dir`` is not a finished speculative run or the judge cannot be loaded.
     """
@@ -361,18 +401,7 @@ def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress:
     if judge[0] is None:
         raise OSError(f"--rescore: {judge[1]}; nothing was changed")
     progress_path = out_dir / RESCORE_PROGRESS
-    rescored: dict[str, list[dict]] = {}
-    if progress_path.exists():
-        for line in progress_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the tail of an interrupted write
-            uid = row.get("uid") if isinstance(row, dict) else None
-            # kept only for this judge and the very records stored now (not those of a run since overwritten)
-            if row.get("judge") == judge_name and uid in done and \
-                    [_without_judge(r) for r in row["records"]] == [_without_judge(r) for r in done[uid]]:
-                rescored[uid] = row["records"]
+    rescored = load_rescore_progress(progress_path, judge_name, done)
     todo = [u for u in meta["units"] if u not in rescored]
     with _open_for_append(progress_path) as f:
         for uid in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
@@ -381,20 +410,13 @@ def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress:
             f.flush()
             os.fsync(f.fileno())
     for shard_file in sorted(out_dir.glob("samples.*.jsonl")):
-        rows = []
-        for line in shard_file.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # dropped, as load_records drops it
-            if isinstance(row, dict) and row.get("uid") in rescored:
-                row["records"] = rescored[row["uid"]]
-            rows.append(json.dumps(row) + "\n")
-        atomic_write_text(shard_file, "".join(rows))
+        replace_records(shard_file, rescored)
     previous = meta["config"].get("judge")
     meta["config"]["judge"] = judge_name  # what the records now hold: a rerun with this judge matches
     atomic_write_json(path, meta)
-    results = finalize(out_dir, runtime={"rescored_judge": judge_name, "previous_judge": previous})
+    results_path = out_dir / RESULTS_FILE  # the first run's runtime (device, threads...) is kept
+    runtime = json.loads(results_path.read_text()).get("runtime", {}) if results_path.is_file() else {}
+    results = finalize(out_dir, runtime={**runtime, "rescored_judge": judge_name, "previous_judge": previous})
     progress_path.unlink(missing_ok=True)
     return 0 if results is not None else 1
 
