@@ -24,10 +24,20 @@ whenever the suffix is empty; here the middle is decoded in context from its
 own start and length.
 
 pass@k uses the unbiased estimator over ``n = --num-samples`` samples per task.
+
+Existing samples (``--score-samples FILE``): a JSONL file in the official
+human-eval-infilling format (``{"task_id", "completion"}`` per line, any number
+of lines per task) is executed and summarised like a generated run, with no
+model loaded; config.json records the file's path and SHA-256. Every finished
+run writes its completions in that format to ``official_samples.jsonl``, so
+``--score-samples`` reproduces its pass@k (e.g. after an executor fix) without
+generating again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -35,6 +45,7 @@ from typing import Callable
 
 from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, decode_text, encode_code_whitespace, is_sentencepiece,
                          lossy_reason, make_encoder, opens_segment)
+from ..utils import atomic_write_text
 from .execution import check_many, official_harness_usable, validate_limits
 from .metrics import mean_se, pass_at_k
 from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
@@ -48,17 +59,80 @@ BENCHMARKS = {
     "random-span-light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
 }
 FIELDS = ["task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test"]
+SAMPLE_FIELDS = ("task_id", "completion")  # the official harness's samples format
+EXPORT_FILE = "official_samples.jsonl"
 
 
 def load_problems(source: str, tasks: list[str] | None = None) -> list[dict]:
     """Problems of a HumanEval-infilling file (or ``hf:...``), optionally only task ids containing one of ``tasks``."""
     rows = load_rows(source, "test", read_jsonl)
     require_fields(rows, FIELDS, source)
-    if tasks:
-        rows = [r for r in rows if any(t in r["task_id"] for t in tasks)]
-        if not rows:
-            raise ValueError(f"no tasks selected: no task id in '{source}' contains {', '.join(tasks)}")
+    return select_tasks(rows, tasks, source)
+
+
+def select_tasks(problems: list[dict], tasks: list[str] | None, source: str) -> list[dict]:
+    """The problems whose task id contains one of ``tasks`` (all for ``None``); ``ValueError`` if none is left."""
+    if not tasks:
+        return problems
+    rows = [r for r in problems if any(t in r["task_id"] for t in tasks)]
+    if not rows:
+        raise ValueError(f"no tasks selected: no task id in '{source}' contains {', '.join(tasks)}")
     return rows
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (recorded so that a results file names exactly what it scored)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_samples(path: str, problems: list[dict], source: str) -> dict[str, list[str]]:
+    """``{task_id: [completion, ...]}`` of an official-format samples file, in file order per task.
+
+    ``problems``: the whole benchmark, to check the ids against. Other fields of
+    a row are ignored (the official harness's ``_results.jsonl`` can be scored
+    too). ``ValueError`` naming the row and the fix for: no rows, a missing
+    field, a non-string value, a task id the benchmark does not have.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"samples file '{path}' not found (or not a regular file); pass the JSONL file "
+                                f"to score, e.g. a finished run's {EXPORT_FILE}")
+    rows = read_jsonl(path)  # names the line of malformed JSON
+    if not rows:
+        raise ValueError(f"samples file '{path}' holds no samples; expected one JSON object per line with "
+                         f"{' and '.join(SAMPLE_FIELDS)}")
+    known = {p["task_id"] for p in problems}
+    samples: dict[str, list[str]] = {}
+    for i, row in enumerate(rows, 1):
+        where = f"samples file '{path}', row {i}"
+        missing = [f for f in SAMPLE_FIELDS if f not in row]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; the official samples format is "
+                             '{"task_id": ..., "completion": ...} per line')
+        bad = [f for f in SAMPLE_FIELDS if not isinstance(row[f], str)]
+        if bad:
+            raise ValueError(f"{where}: {', '.join(bad)} must be a string, got "
+                             f"{', '.join(type(row[f]).__name__ for f in bad)}")
+        if row["task_id"] not in known:
+            raise ValueError(f"{where}: task id '{row['task_id']}' is not in the benchmark '{source}'; pass the "
+                             "benchmark the samples were made for (--benchmark or --data)")
+        samples.setdefault(row["task_id"], []).append(row["completion"])
+    return samples
+
+
+def sample_units(problems: list[dict], samples: dict[str, list[str]]) -> list[Unit]:
+    """One unit per problem that has samples, in the benchmark's order: payload ``problem + {"completions"}``."""
+    return [Unit(p["task_id"], {**p, "completions": samples[p["task_id"]]}) for p in problems
+            if p["task_id"] in samples]
+
+
+def export_samples(records: list[dict], path: Path) -> None:
+    """Write ``records``' completions to ``path`` (atomically) in the official format, one line per sample."""
+    lines = [json.dumps({"task_id": r["task_id"], "completion": r["completion"]}) for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def fit_context(prefix: list[int], middle_len: int, suffix: list[int],
@@ -248,12 +322,16 @@ def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
 
 
 def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bool) -> list[dict]:
-    """Generate (or take the canonical solution), then execute: one record per sample.
+    """Generate (or take the canonical solution, or the given ``completions``), then execute: one record per sample.
 
     Oracle records that fail also get ``"cause"`` (``failure_cause``).
     """
     problem = unit.payload
-    if cfg["method"] == "canonical":
+    if cfg["method"] == "samples":  # --score-samples: nothing generated, so no NFE or masks to report
+        problem = {k: v for k, v in problem.items() if k != "completions"}  # the executor gets the problem alone
+        samples = [{"completion": c, "nfe": None, "num_masked": None, "input_tokens": None}
+                   for c in unit.payload["completions"]]
+    elif cfg["method"] == "canonical":
         samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0,
                     "input_tokens": 0}] * cfg["num_samples"]
     else:
@@ -296,8 +374,12 @@ def run(args) -> int:
 
     apply_protocol(args, {"k": "infill_k", "context": "code_context"})  # first: config.json records the values
     source = args.data or default_data(f"human-eval-infilling/{BENCHMARKS[args.benchmark]}")
-    problems = load_problems(source, args.tasks)
-    units = [Unit(p["task_id"], p) for p in problems]
+    if args.score_samples:
+        units = scoring_units(args, source)
+    else:
+        del args.score_samples  # not a setting of a generated run: its config.json stays as before this option
+        args.method = args.method or "assd"
+        units = [Unit(p["task_id"], p) for p in load_problems(source, args.tasks)]
     if args.num_samples < 1:
         raise ValueError("--num-samples must be >= 1")
     validate_limits(args.timeout, args.memory_mb)  # before any model is loaded
@@ -311,7 +393,7 @@ def run(args) -> int:
         model = tokenizer = None
         if args.method == "oracle":
             tokenizer = load_tokenizer_only(args)
-        elif args.method != "canonical":
+        elif args.method not in ("canonical", "samples"):
             # --banned is applied there; code keeps its whitespace specials sampleable (banned_ids_for)
             model, tokenizer = load_model_and_tokenizer(args)
         return lambda unit, seed: process_task(unit, seed, model, tokenizer, cfg, official)
@@ -320,8 +402,33 @@ def run(args) -> int:
     return 0
 
 
+def scoring_units(args, source: str) -> list[Unit]:
+    """``--score-samples``: the units of the samples file; sets ``args`` so that config.json says what was scored.
+
+    The method becomes ``"samples"``, no model is named (none is loaded), the
+    file's SHA-256 is recorded and ``--num-samples`` is the file's (most) rows per task.
+    """
+    if args.method is not None:
+        raise ValueError(f"--score-samples scores the file's completions; drop --method {args.method}")
+    path = args.score_samples
+    problems = load_problems(source)
+    samples = load_samples(path, problems, source)  # ids checked against the whole benchmark, before --tasks
+    units = sample_units(select_tasks(problems, args.tasks, source), samples)
+    if not units:
+        raise ValueError(f"no tasks selected: none of the tasks of '{path}' matches --tasks {' '.join(args.tasks)}")
+    args.method, args.model, args.revision, args.tokenizer = "samples", None, None, None
+    args.score_samples, args.samples_sha256 = str(Path(path).resolve()), file_sha256(path)
+    args.num_samples = max(len(u.payload["completions"]) for u in units)
+    return units
+
+
 def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, str]:
-    """pass@k for k in 1, 10, 100 (those <= n) and k = n; NFE statistics; timeouts."""
+    """pass@k for k in 1, 10, 100 (those <= n) and k = n; NFE statistics; timeouts.
+
+    Also writes the completions to ``out_dir/official_samples.jsonl`` (``export_samples``),
+    the input of ``--score-samples``.
+    """
+    export_samples(records, Path(out_dir) / EXPORT_FILE)
     by_task: dict[str, list[dict]] = {}
     for r in records:
         by_task.setdefault(r["task_id"], []).append(r)
@@ -345,9 +452,13 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
                             + [round(v, 2) for v in pass_k.values()] + [pm(nfe_mean, nfe_se, 1), timeouts]])
     if causes:
         table += "\n\nOracle failures by cause:\n\n" + markdown_table(["cause", "samples"], list(causes.items()))
-    return results, f"Code infilling (HumanEval-infilling), model {config.get('model')} ({config.get('revision')}), " \
-                    f"harness: {config.get('harness_used')}, encoding: {config.get('code_encoding')}, " \
-                    f"context: {config.get('context')}\n\n{table}"
+    if config.get("score_samples"):  # nothing was encoded or generated: the file is what was scored
+        what = f"samples {config['score_samples']} (sha256 {str(config.get('samples_sha256'))[:12]}), " \
+               f"harness: {config.get('harness_used')}"
+    else:
+        what = f"model {config.get('model')} ({config.get('revision')}), harness: {config.get('harness_used')}, " \
+               f"encoding: {config.get('code_encoding')}, context: {config.get('context')}"
+    return results, f"Code infilling (HumanEval-infilling), {what}\n\n{table}"
 
 
 def register(sub) -> None:
@@ -363,8 +474,8 @@ def register(sub) -> None:
                    "eval_datasets/human-eval-infilling/<benchmark file>")
     p.add_argument("--tasks", nargs="+", default=None, help="only task ids containing one of these, e.g. HumanEval/0/ (ids look like "
                         "SingleLineInfilling/HumanEval/0/L3)")
-    p.add_argument("--method", default="assd", choices=["sequential", "assd", "ngram", "oracle", "canonical"],
-                   help="sampling method; 'oracle' writes the canonical middle's token ids in place of samples "
+    p.add_argument("--method", default=None, choices=["sequential", "assd", "ngram", "oracle", "canonical"],
+                   help="sampling method (default: assd); 'oracle' writes the canonical middle's token ids in place of samples "
                         "(tokenization, decoding and stitching self-check, no model); 'canonical' runs the "
                         "reference solutions untokenized (harness self-check)")
     add_protocol_argument(p)
@@ -387,6 +498,10 @@ def register(sub) -> None:
                    help="most tokens the model takes with --context trim (default: %(default)s)")
     p.add_argument("--no-code-whitespace", dest="code_whitespace", action="store_false",
                    help="do not map whitespace to XLNet's specials (for tokenizers that keep whitespace)")
+    p.add_argument("--score-samples", default=None, metavar="FILE",
+                   help="score existing samples instead of generating: a JSONL file in the official format "
+                        "({\"task_id\", \"completion\"} per line, several lines per task for pass@k), e.g. a "
+                        f"finished run's {EXPORT_FILE}; no model is loaded and --num-samples is the file's rows per task")
     p.add_argument("--harness", default="auto", choices=["auto", "official", "builtin"],
                    help="official human_eval_infilling harness if usable (auto), or the builtin executor")
     p.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default: %(default)s)")

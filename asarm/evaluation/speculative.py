@@ -31,19 +31,29 @@ sequence under the judge (default ``gpt2-large``), with the judge's BOS in
 front and the text cut to the judge's context; the method's value is the mean
 (SE) over sequences. Entropy: unigram entropy (bits) of each sequence's judge
 tokens (the AS-ARM's tokens when no judge is loaded), averaged.
+
+``--rescore OUT_DIR --judge NAME`` scores the texts a finished run stored with
+another judge (e.g. one that was offline the first time, leaving PPL n/a)
+without generating again: the records get exactly the judge fields a fresh run
+with that judge would have given them, config.json names the new judge, and
+results.json/results.md are rewritten (each file atomically; an interrupted
+rescore resumes from ``rescore.progress.jsonl``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from ..utils import atomic_write_json, atomic_write_text
 from .metrics import mean_se, paired_tests, unigram_entropy
 from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
-from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
+from .runner import (CONFIG_FILE, RESULTS_FILE, Unit, _open_for_append, add_run_arguments, finalize, load_records,
+                     markdown_table, pm, run_evaluation)
 from .sources import default_data, load_rows, read_text, require_fields
 
 METRICS = ("nfe", "time_s", "ppl", "entropy", "model_nll")
@@ -53,6 +63,9 @@ BACKENDS = ("cached", "plain")
 VISIBLE_RULES = ("round", "int_plus_one")
 # command option -> protocol field, for the options not named like their field
 PROTOCOL_OPTIONS = {"visible_rule": "visible", "reuse_chunks": "wikitext_reuse"}
+# the record fields score_text writes (judge_error only without a judge): what a rescore replaces
+JUDGE_FIELDS = ("ppl", "judge_nll", "judge_tokens", "judge_error", "entropy")
+RESCORE_PROGRESS = "rescore.progress.jsonl"  # not samples.*.jsonl: the runner must not read it as results
 
 
 # ---------------------------------------------------------------------------- data
@@ -301,9 +314,121 @@ def check_judge_early(name: str | None) -> None:
     check_causal_lm_config(config)
 
 
+def _without_judge(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in JUDGE_FIELDS}
+
+
+def rescore_record(record: dict, judge) -> dict:
+    """``record`` with its judge fields (``JUDGE_FIELDS``) recomputed from its stored ``"text"`` by ``judge``.
+
+    ``judge`` must be loaded (``(model, tokenizer)``): the entropy of a record
+    without a judge was computed on the AS-ARM's ids, which records do not keep.
+    """
+    return {**_without_judge(record), **score_text(record["text"], [], judge)}
+
+
+def load_rescore_progress(path: Path, judge_name: str, done: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``{uid: rescored records}`` of an interrupted rescore's progress file (``{}`` if there is none).
+
+    A line is kept only when it is whole, for ``judge_name``, and its records are
+    ``done[uid]`` but for the judge fields (not those of a run overwritten since).
+    """
+    kept: dict[str, list[dict]] = {}
+    if not path.exists():
+        return kept
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the tail of an interrupted write
+        if not isinstance(row, dict):
+            continue
+        uid = row.get("uid")
+        if row.get("judge") == judge_name and uid in done and \
+                [_without_judge(r) for r in row["records"]] == [_without_judge(r) for r in done[uid]]:
+            kept[uid] = row["records"]
+    return kept
+
+
+def replace_records(shard_file: Path, records: dict[str, list[dict]]) -> None:
+    """Rewrite a ``samples.*.jsonl`` file atomically with ``records[uid]`` for each of its units found there.
+
+    A line that does not parse (the tail of an interrupted write) is dropped, as ``load_records`` ignores it.
+    """
+    rows = []
+    for line in shard_file.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("uid") in records:
+            row["records"] = records[row["uid"]]
+        rows.append(json.dumps(row) + "\n")
+    atomic_write_text(shard_file, "".join(rows))
+
+
+def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress: bool = True) -> int:
+    """Score every stored text of the finished speculative run in ``out_dir`` with ``judge_name``; re-summarise.
+
+    Resumable: each trial's rescored records are appended to
+    ``rescore.progress.jsonl`` (tagged with the judge) before any result file
+    changes; then every ``samples.*.jsonl`` and config.json (``judge`` set to
+    ``judge_name``) are rewritten atomically, results.json/results.md by
+    ``finalize`` (the runtime gains ``rescored_judge`` and ``previous_judge``),
+    and the progress file is removed. Raises ``ValueError``/``OSError`` naming the
+    fix when ``out_dir`` is not a finished speculative run or the judge cannot be loaded.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--rescore {out_dir}: no {CONFIG_FILE} there; pass the --output-dir of a finished "
+                                "`asarm speculative` run")
+    meta = json.loads(path.read_text())
+    if meta.get("evaluation") != "speculative":
+        raise ValueError(f"--rescore {out_dir}: it holds an '{meta.get('evaluation')}' evaluation, not a "
+                         "speculative-decoding run")
+    if not judge_name or judge_name == "none":
+        raise ValueError("--rescore needs a judge: pass --judge NAME (a causal LM, local directory or hub id)")
+    done = load_records(out_dir)
+    missing = [u for u in meta["units"] if u not in done]
+    if missing:
+        raise ValueError(f"--rescore {out_dir}: {len(missing)} of {len(meta['units'])} trials are not finished "
+                         f"(first: {missing[0]}); finish the run (same command without --rescore) first")
+    check_judge_early(judge_name)
+    judge = load_judge_or_reason(judge_name, device)
+    if judge[0] is None:
+        raise OSError(f"--rescore: {judge[1]}; nothing was changed")
+    progress_path = out_dir / RESCORE_PROGRESS
+    rescored = load_rescore_progress(progress_path, judge_name, done)
+    todo = [u for u in meta["units"] if u not in rescored]
+    with _open_for_append(progress_path) as f:
+        for uid in tqdm(todo, desc="rescore", disable=not progress, file=sys.stderr):
+            rescored[uid] = [rescore_record(r, judge) for r in done[uid]]
+            f.write(json.dumps({"uid": uid, "judge": judge_name, "records": rescored[uid]}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    for shard_file in sorted(out_dir.glob("samples.*.jsonl")):
+        replace_records(shard_file, rescored)
+    previous = meta["config"].get("judge")
+    meta["config"]["judge"] = judge_name  # what the records now hold: a rerun with this judge matches
+    atomic_write_json(path, meta)
+    results_path = out_dir / RESULTS_FILE  # the first run's runtime (device, threads...) is kept
+    runtime = json.loads(results_path.read_text()).get("runtime", {}) if results_path.is_file() else {}
+    results = finalize(out_dir, runtime={**runtime, "rescored_judge": judge_name, "previous_judge": previous})
+    progress_path.unlink(missing_ok=True)
+    return 0 if results is not None else 1
+
+
 def run(args) -> int:
     from ..cli import load_model_and_tokenizer
 
+    if args.rescore:
+        from ..utils import resolve_device
+
+        return rescore(args.rescore, args.judge, resolve_device(args.device), args.progress)
+    del args.rescore  # not a setting of the run: its config.json stays as before this option
     apply_protocol(args, PROTOCOL_OPTIONS)  # first: config.json records the resolved settings
     if len(set(args.backends)) != len(args.backends):
         raise ValueError(f"--backends lists a backend twice: {' '.join(args.backends)}")
@@ -510,6 +635,9 @@ def register(sub) -> None:
                    choices=["sequential", "assd", "ngram"])
     p.add_argument("--judge", default="gpt2-large",
                    help="causal LM for generative perplexity, local dir or hub id; 'none' to skip (default: %(default)s)")
+    p.add_argument("--rescore", default=None, metavar="OUT_DIR",
+                   help="generate nothing: score the texts stored in the finished run OUT_DIR with --judge (e.g. "
+                        "one that was offline the first time) and rewrite its results; other options are ignored")
     p.add_argument("--judge-specials", action=argparse.BooleanOptionalAction, default=None,
                    help="judge the decoded text with its special tokens kept (tokenizer.decode, the paper's); "
                         "--no-judge-specials drops them (default: from --protocol)")
