@@ -188,12 +188,19 @@ def _load(spec: DataSpec):
 
 
 def check_not_empty(spec: DataSpec) -> None:
-    """``ValueError`` if a local-file source holds no document with text (hub sources are not read here).
+    """``ValueError`` if a local-file source holds no document with text; ``OSError`` at once if a hub source
+    cannot be streamed because the hub is unreachable (offline mode unset: the cache cannot serve a stream).
 
     Reads until the first non-blank document: at once for real data, the whole
-    source only when it is all blank.
+    source only when it is all blank. Hub sources are not read here.
     """
     if spec.kind != "files":
+        from .hub import hub_offline, hub_reachable
+
+        if not hub_offline(datasets=True) and not hub_reachable():
+            raise OSError(f"cannot stream '{spec.name}' ({spec.hub.get('path')}): the Hugging Face hub cannot be "
+                          "reached (network down?). Train on local files (dataset: path/to/*.jsonl or *.txt) or on "
+                          "the bundled 'stdlib' corpus")
         return
     for row in _load(spec):
         if (row.get("text") or "").strip():

@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 REACH_TIMEOUT_S = 3.0  # one TCP connect; the hub answers in well under a second when it is reachable
 
 
-def hub_offline() -> bool:
-    """True when the user asked the Hugging Face libraries to stay offline."""
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
+def hub_offline(datasets: bool = False) -> bool:
+    """True when the user asked the Hugging Face libraries to stay offline (``datasets``: for the ``datasets`` package,
+    which also obeys ``HF_DATASETS_OFFLINE``)."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") + (("HF_DATASETS_OFFLINE",) if datasets else ())
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in names)
 
 
 def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
@@ -36,7 +37,7 @@ def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
 def unreachable_reason() -> str | None:
     """Why the hub cannot be used now (offline mode, or no connection), or None when it can."""
     if hub_offline():
-        return "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / HF_DATASETS_OFFLINE)"
+        return "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)"
     if not hub_reachable():
         host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
         return f"{host} cannot be reached (network down?)"

@@ -43,6 +43,17 @@ def assert_clear(code, err, dt, *phrases, status=2):
     assert dt < FAST_S, f"took {dt:.1f} s"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _imports_done():
+    """Import the heavy libraries once up front: the time asserted is the error path's, not Python's imports."""
+    import accelerate  # noqa: F401
+    import datasets  # noqa: F401
+    from transformers import AutoConfig, AutoTokenizer, XLNetLMHeadModel  # noqa: F401
+
+    import asarm.evaluation.infill_nlp  # noqa: F401
+    import asarm.train  # noqa: F401
+
+
 @pytest.fixture
 def online_but_unreachable(monkeypatch):
     """Offline mode unset, the network down (conftest's socket block refuses every outside connect)."""
@@ -203,6 +214,11 @@ def test_hub_data_with_the_network_down_fails_fast(capsys, tmp_path, online_but_
     assert time.perf_counter() - t0 < FAST_S
     assert_clear(*run_main(capsys, "infill-nlp", "--model", "tiny", "--data", "hf:someone/stories",
                            "--output-dir", str(tmp_path / "out")), "cannot be reached", "HF_HUB_OFFLINE=1")
+
+
+def test_hub_training_data_with_the_network_down_fails_fast(capsys, tmp_path, online_but_unreachable):
+    assert_clear(*run_main(capsys, "train", "--config", "configs/tiny_cpu.yaml", "--dataset", "hf:someone/corpus",
+                           "--output_dir", str(tmp_path / "run")), "'hf:someone/corpus'", "cannot be reached", "stdlib")
 
 
 def test_empty_training_data_says_it_is_empty(capsys, tmp_path):

@@ -79,7 +79,7 @@ def load_hub_rows(spec: str, default_split: str) -> list[dict]:
 
     # Offline mode on: `datasets` serves its cache without touching the network. Off, with the network
     # down: fail now, not after the hub client's retries.
-    if not hub_offline() and not hub_reachable():
+    if not hub_offline(datasets=True) and not hub_reachable():
         raise OSError(f"could not load the hub data set '{spec}': the Hugging Face hub cannot be reached (network "
                       "down?). Pass a local file with --data, or, if it is in the local cache, set "
                       "HF_HUB_OFFLINE=1 to use the cached copy")
