@@ -163,6 +163,9 @@ def yaml_or_explain(text: str, where: str):
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and start is not mark:  # where the unclosed construct began
+            problem += f", {context} at line {start.line + 1}"
         raise ValueError(f"{where}{at}: malformed YAML ({problem}); fix the YAML syntax there") from None
 
 
