@@ -30,7 +30,7 @@ DEBUG_ENV = "ASARM_DEBUG"
 TINY = "tiny"
 ASARM_HUB_ID = "therealgabeguo/ASARM"
 TINY_CONFIG = dict(d_model=64, n_layer=2, n_head=4, d_inner=128)
-FALLBACK_TOKENIZER = "xlnet/xlnet-base-cased"  # for a local model directory saved without its tokenizer
+FALLBACK_TOKENIZER = "xlnet/xlnet-base-cased"  # for a hub id, or a local model directory saved without its tokenizer
 
 
 def add_model_arguments(p: argparse.ArgumentParser, asarm_revision: str = "nlp") -> None:
@@ -93,14 +93,14 @@ def load_model_and_tokenizer(args):
         if tok_src is None:
             has_tok = os.path.isdir(args.model) and any(
                 os.path.exists(os.path.join(args.model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json"))
-            tok_src = args.model if has_tok or not os.path.isdir(args.model) else FALLBACK_TOKENIZER
+            tok_src = args.model if has_tok else FALLBACK_TOKENIZER
         try:
             tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
         except OSError as exc:
             if tok_src != FALLBACK_TOKENIZER:
                 raise
-            raise OSError(f"model directory '{args.model}' holds no tokenizer, and its fallback {FALLBACK_TOKENIZER} "
-                          f"is not available: {exc}. Pass --tokenizer DIR (a tokenizer directory).") from exc
+            raise OSError(f"'{args.model}' comes without a tokenizer, and the fallback {FALLBACK_TOKENIZER} is not "
+                          f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
         model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
     if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
         from .evaluation.protocol import banned_ids_for
@@ -301,7 +301,9 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return (f"out of memory ({type(exc).__name__}: {exc}); use smaller inputs (shorter prompts, fewer "
                 "--samples, a smaller --limit or batch) or a machine with more memory")
-    if isinstance(exc, (ValueError, OSError, EOFError, ImportError)):
+    if isinstance(exc, ImportError) and (exc.name or "").startswith("asarm"):
+        return None  # asarm's own modules always exist: a failing import of one is a bug
+    if isinstance(exc, (ValueError, OSError, EOFError, ImportError)):  # ImportError: a missing optional package
         return str(exc) or type(exc).__name__
     if type(exc).__module__.startswith("yaml"):  # yaml.YAMLError, without importing yaml here
         return f"malformed YAML: {exc}"

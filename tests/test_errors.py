@@ -100,7 +100,8 @@ def test_which_exceptions_count_as_user_errors():
     assert "malformed YAML" in user_error_message(yaml.YAMLError("bad"))
     assert "out of memory" in user_error_message(MemoryError())
     # real bugs keep their traceback (behind --debug): not mistaken for the user's fault
-    for exc in [TypeError("x"), KeyError("k"), AttributeError("a"), RuntimeError("shape mismatch"), IndexError()]:
+    for exc in [TypeError("x"), KeyError("k"), AttributeError("a"), RuntimeError("shape mismatch"), IndexError(),
+                ImportError("cannot import name 'x'", name="asarm.sampling")]:
         assert user_error_message(exc) is None
 
 
@@ -132,7 +133,7 @@ def test_model_without_tokenizer_names_the_fallback_and_the_fix(capsys, tmp_path
         tmp_path / "m")  # no tokenizer saved with it
     code, err, dt = run_main(capsys, "infill", "--model", str(tmp_path / "m"), "--text", "a [MASK:2] b",
                              "--device", "cpu")
-    assert_clear(code, err, dt, "holds no tokenizer", "xlnet/xlnet-base-cased", "--tokenizer")
+    assert_clear(code, err, dt, "comes without a tokenizer", "xlnet/xlnet-base-cased", "--tokenizer")
 
 
 # ---------------------------------------------------------------------------- [MASK:n]
