@@ -230,7 +230,6 @@ def run_infill(args) -> int:
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
     from .data import code_whitespace_ids, decode_text
-
     from .utils import check_input_file
 
     if args.text is not None:

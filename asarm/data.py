@@ -50,9 +50,9 @@ from typing import Callable
 
 import torch
 
-from .utils import check_input_file
 from .tokenizer import (CODE_WHITESPACE, code_whitespace_ids, decode_code_whitespace, decode_text,  # noqa: F401
                         encode_code_whitespace, make_encoder)
+from .utils import check_input_file
 
 
 def stdlib_texts(max_chars: int = 2_000_000, skip: int = 0, stride: int = 1) -> list[str]:

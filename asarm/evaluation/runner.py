@@ -48,8 +48,8 @@ SUMMARIZERS = {
     "density": "asarm.evaluation.density:summarize",
 }
 # argparse options that do not change the numbers (kept in results.json under "runtime").
-RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command", "debug",
-                "func"}
+RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command",
+                "debug", "func"}
 CONFIG_FILE, RESULTS_FILE, TABLE_FILE = "config.json", "results.json", "results.md"
 
 
