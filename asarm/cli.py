@@ -23,10 +23,14 @@ COMMANDS = [
     "asarm.evaluation.quickstart:register",
 ]
 
-MASK_SPAN = re.compile(r"\[MASK:(\d+)\]")
+MASK_SPAN = re.compile(r"\[MASK:([0-9]+)\]")  # ASCII digits only: int() would also take other scripts' digits
+MASK_LIKE = re.compile(r"\[\s*mask", re.IGNORECASE)  # where a marker was meant; each must be a valid MASK_SPAN
+MAX_NEW_TOKENS = 100_000  # default cap on the [MASK:n] total, checked before anything is allocated
+DEBUG_ENV = "ASARM_DEBUG"
 TINY = "tiny"
 ASARM_HUB_ID = "therealgabeguo/ASARM"
 TINY_CONFIG = dict(d_model=64, n_layer=2, n_head=4, d_inner=128)
+FALLBACK_TOKENIZER = "xlnet/xlnet-base-cased"  # for a hub id, or a local model directory saved without its tokenizer
 
 
 def add_model_arguments(p: argparse.ArgumentParser, asarm_revision: str = "nlp") -> None:
@@ -40,8 +44,19 @@ def add_model_arguments(p: argparse.ArgumentParser, asarm_revision: str = "nlp")
                         f"{asarm_revision}")
     p.set_defaults(asarm_revision=asarm_revision)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: the model's, else xlnet-base-cased)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p.add_argument("--device", default="auto", type=device_argument,
+                   help="auto, cpu, cuda, cuda:1, ... or mps (default: %(default)s)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default: %(default)s)")
+
+
+def device_argument(name: str) -> str:
+    """argparse ``type=`` for ``--device``: a misspelled device is a usage error listing the valid ones."""
+    from .utils import check_device_name
+
+    try:
+        return check_device_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def resolve_revision(args) -> None:
@@ -67,12 +82,25 @@ def load_model_and_tokenizer(args):
         tokenizer = build_local_tokenizer(stdlib_texts(300_000), vocab_size=1000)
         model = ASARM.from_config(tokenizer=tokenizer, seed=0, **TINY_CONFIG)
     else:
+        from transformers import AutoConfig
+
+        from .hub import load_or_explain
+
+        # The model first (its small config): a mistyped --model must fail naming what the user typed,
+        # not after the hub was tried for a fallback tokenizer the model would never have used.
+        load_or_explain(AutoConfig.from_pretrained, args.model, args.revision, "model")
         tok_src = args.tokenizer
         if tok_src is None:
             has_tok = os.path.isdir(args.model) and any(
                 os.path.exists(os.path.join(args.model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json"))
-            tok_src = args.model if has_tok else "xlnet/xlnet-base-cased"
-        tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
+            tok_src = args.model if has_tok else FALLBACK_TOKENIZER
+        try:
+            tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
+        except OSError as exc:
+            if tok_src != FALLBACK_TOKENIZER:
+                raise
+            raise OSError(f"'{args.model}' comes without a tokenizer, and the fallback {FALLBACK_TOKENIZER} is not "
+                          f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
         model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
     if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
         from .evaluation.protocol import banned_ids_for
@@ -83,7 +111,46 @@ def load_model_and_tokenizer(args):
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
-def encode_masked_text(text: str, tokenizer, code: bool = False) -> list[int]:
+def parse_mask_spans(text: str, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str | int]:
+    """``text`` split into visible pieces (``str``, even positions) and span lengths (``int``, odd positions).
+
+    Checked before anything is tokenised or allocated, so a huge request fails
+    at once. Raises ``ValueError`` naming the marker for: a malformed marker
+    (``[MASK:abc]``, ``[MASK:-1]``, ``[MASK: 3]``, ``[MASK3]``, ``[mask:3]``: any
+    ``[MASK`` that does not open a valid ``[MASK:n]``), ``n = 0``, or spans
+    totalling more than ``max_new_tokens``; also empty text and text without a span.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not text.strip():
+        raise ValueError("the text is empty: give a prompt with at least one [MASK:n] span, e.g. 'The cat [MASK:4] mat.'")
+    for m in MASK_LIKE.finditer(text):
+        if not MASK_SPAN.match(text, m.start()):
+            end = text.find("]", m.start(), m.start() + 40)
+            marker = text[m.start():end + 1] if end >= 0 else text[m.start():m.start() + 20] + "..."
+            raise ValueError(f"malformed span marker '{marker}' at character {m.start()}: write spans as "
+                             "[MASK:n] with n a positive whole number of tokens, e.g. [MASK:5] (no spaces)")
+    pieces: list[str | int] = MASK_SPAN.split(text)
+    if len(pieces) == 1:
+        raise ValueError("nothing to infill: mark the spans to generate as [MASK:n], n = number of tokens")
+    total = 0
+    for i in range(1, len(pieces), 2):
+        digits = pieces[i]
+        # int() of thousands of digits is slow (and refused past 4300): such a span is over any limit anyway
+        n = int(digits) if len(digits.lstrip("0")) <= 30 else None
+        if n == 0:
+            raise ValueError(f"[MASK:{digits}] asks for no token; use n >= 1")
+        total = None if n is None else total + n
+        if total is None or total > max_new_tokens:
+            asked = f"[MASK:{digits[:30]}...]" if n is None else f"{total} new tokens" + (" in all" if i > 1 else "")
+            raise ValueError(f"the [MASK:n] spans ask for {asked}, over the limit of {max_new_tokens}: shorten "
+                             "the spans, or raise the limit with --max-new-tokens if the machine has the memory "
+                             "and time")
+        pieces[i] = n
+    return pieces
+
+
+def encode_masked_text(text: str, tokenizer, code: bool = False, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
     """Token ids of ``text`` with every ``[MASK:n]`` replaced by ``n`` mask tokens
     (``code``: whitespace mapped to XLNet specials first, as the ``code`` checkpoint
     expects, with ``infill_code.lossless_encoder``).
@@ -94,25 +161,19 @@ def encode_masked_text(text: str, tokenizer, code: bool = False) -> list[int]:
     a span that opens a line (at the start of the text or after a newline) it
     opens a segment, as the span may end in whitespace specials.
 
-    Raises ``ValueError`` for empty text, no span, or a span of length 0.
+    Raises ``ValueError`` for empty text, no span, and every bad marker
+    ``parse_mask_spans`` refuses (malformed, ``n = 0``, over ``max_new_tokens``).
     """
     from .data import make_encoder
     from .evaluation.infill_code import lossless_encoder
 
     encode = lossless_encoder(tokenizer, code) if code else make_encoder(tokenizer, code)
-    if not text.strip():
-        raise ValueError("the text is empty: give a prompt with at least one [MASK:n] span, e.g. 'The cat [MASK:4] mat.'")
-    pieces = MASK_SPAN.split(text)
-    if len(pieces) == 1:
-        raise ValueError("nothing to infill: mark the spans to generate as [MASK:n], n = number of tokens")
+    pieces = parse_mask_spans(text, max_new_tokens)
     ids: list[int] = []
     before = ""  # the visible text so far, spans left out
     for i, piece in enumerate(pieces):
         if i % 2 == 1:
-            n = int(piece)
-            if n < 1:
-                raise ValueError(f"[MASK:{piece}] asks for no token; use n >= 1")
-            ids += [tokenizer.mask_token_id] * n
+            ids += [tokenizer.mask_token_id] * piece
         elif piece:
             span_inside_line = i > 0 and bool(before) and not before.endswith("\n")
             ids += encode(piece, continues=span_inside_line)
@@ -154,6 +215,8 @@ def register_infill(sub) -> None:
     p.add_argument("--backend", default="cached", choices=["cached", "plain"],
                    help="decoder: cached K/V (fast) or plain recomputation (the paper's); same samples (default: %(default)s)")
     p.add_argument("--samples", type=int, default=1, help="completions per method (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                   help="refuse [MASK:n] spans totalling more tokens than this (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_infill)
 
@@ -167,15 +230,22 @@ def run_infill(args) -> int:
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
     from .data import code_whitespace_ids, decode_text
+    from .utils import check_input_file
 
-    if args.text_file is not None and not os.path.isfile(args.text_file):
-        raise FileNotFoundError(f"--text-file '{args.text_file}' does not exist")
-    text = args.text if args.text is not None else open(args.text_file, encoding="utf-8").read()
+    if args.text is not None:
+        text = args.text
+    else:
+        try:
+            text = check_input_file(args.text_file, "--text-file").read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"--text-file '{args.text_file}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    parse_mask_spans(text, args.max_new_tokens)  # before the model loads: a bad marker fails in milliseconds
     code = args.code or args.revision == "code"
     model, tokenizer = load_model_and_tokenizer(args)
     if code:
         model = model.allowing(code_whitespace_ids(tokenizer))
-    ids = torch.tensor([encode_masked_text(text, tokenizer, code)] * args.samples, device=model.device)
+    ids = torch.tensor([encode_masked_text(text, tokenizer, code, args.max_new_tokens)] * args.samples,
+                       device=model.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     sigma, m = orders.infill_order(ids, model.mask_token_id, shuffle=args.order == "random", generator=gen)
     print(f"{ids.shape[1]} tokens, {int((ids[0] == model.mask_token_id).sum())} to generate")
@@ -207,13 +277,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asarm",
         description="Any-Subset Autoregressive Models: exact parallel sampling (ASSD), training and the paper's evaluations.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of any error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for spec in COMMANDS:
         _load(spec)(sub)
     return parser
 
 
+def user_error_message(exc: BaseException) -> str | None:
+    """The message to print for an error the user can fix, or None for one that is a bug in asarm.
+
+    User errors: bad values and files (``ValueError`` and its kin ``CheckpointError``,
+    ``TrainingDiverged``, JSON/Unicode errors; ``OSError``: missing, unreadable,
+    a directory, the hub unreachable), a missing optional package, malformed
+    YAML, isolation the user demanded but the machine lacks, and running out of
+    memory. Anything else (``TypeError``, ``KeyError``, a torch ``RuntimeError``...)
+    is a bug and keeps its traceback behind ``--debug``.
+    """
+    from .evaluation.execution import ISOLATION_ENV
+
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({type(exc).__name__}: {exc}); use smaller inputs (shorter prompts, fewer "
+                "--samples, a smaller --limit or batch) or a machine with more memory")
+    if isinstance(exc, ImportError) and (exc.name or "").startswith("asarm"):
+        return None  # asarm's own modules always exist: a failing import of one is a bug
+    if isinstance(exc, (ValueError, OSError, EOFError, ImportError)):  # ImportError: a missing optional package
+        return str(exc) or type(exc).__name__
+    if type(exc).__module__.startswith("yaml"):  # yaml.YAMLError, without importing yaml here
+        return f"malformed YAML: {exc}"
+    if isinstance(exc, RuntimeError) and str(exc).startswith(f"{ISOLATION_ENV}="):
+        return str(exc)
+    return None
+
+
+def debug_requested(args=None) -> bool:
+    """``--debug`` on the command line or ``ASARM_DEBUG`` set to a true value."""
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes", "on"}
+
+
 def main(argv=None) -> int:
+    """Run one command; returns the exit status: 0 done, 1 failed (bug, out of memory, unfinished), 2 user error.
+
+    A user error prints one line ``asarm CMD: error: ...`` on stderr, no
+    traceback; an unexpected error prints one line asking for a report with
+    ``--debug``. With ``--debug`` (or ``ASARM_DEBUG=1``) every error is raised
+    with its full traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_revision(args)  # before a command records its config
@@ -222,9 +332,17 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
-        print(f"asarm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"asarm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # MemoryError included: it derives from Exception
+        if debug_requested(args):
+            raise
+        message = user_error_message(exc)
+        if message is not None:
+            print(f"asarm {args.command}: error: {message}", file=sys.stderr)
+            return 1 if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" else 2
+        print(f"asarm {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              f"This is a bug in asarm, not in what you typed: please report it with the traceback that "
+              f"`asarm --debug {args.command} ...` (or {DEBUG_ENV}=1) prints.", file=sys.stderr)
+        return 1

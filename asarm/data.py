@@ -52,6 +52,7 @@ import torch
 
 from .tokenizer import (CODE_WHITESPACE, code_whitespace_ids, decode_code_whitespace, decode_text,  # noqa: F401
                         encode_code_whitespace, make_encoder)
+from .utils import check_input_file
 
 
 def stdlib_texts(max_chars: int = 2_000_000, skip: int = 0, stride: int = 1) -> list[str]:
@@ -133,6 +134,11 @@ def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: b
         path, _, revision = key[3:].partition("@")
         spec = DataSpec(name, "hub", hub=dict(path=path, **({"revision": revision} if revision else {})))
     elif any(c in key for c in "/\\*?[") or Path(key).suffix or Path(key).exists():
+        if os.path.isdir(os.path.expanduser(key)):
+            raise IsADirectoryError(f"dataset '{name}' is a directory; pass a glob of its files, "
+                                    f"e.g. '{os.path.join(key, '*.jsonl')}'")
+        if os.path.exists(os.path.expanduser(key)):
+            check_input_file(key, f"dataset {name!r}:")  # a pipe or device: say so, not "no file matches"
         matches = sorted(glob.glob(os.path.expanduser(key), recursive=True))
         files = [m for m in matches if os.path.isfile(m)]
         if not files:
@@ -179,6 +185,29 @@ def _load(spec: DataSpec):
     if spec.field != "text":
         ds = ds.select_columns([spec.field]).rename_column(spec.field, "text")
     return ds
+
+
+def check_not_empty(spec: DataSpec) -> None:
+    """``ValueError`` if a local-file source holds no document with text; ``OSError`` at once if a hub source
+    cannot be streamed because the hub is unreachable (offline mode unset: the cache cannot serve a stream).
+
+    Reads until the first non-blank document: at once for real data, the whole
+    source only when it is all blank. Hub sources are not read here.
+    """
+    if spec.kind != "files":
+        from .hub import hub_offline, hub_reachable
+
+        if not hub_offline(datasets=True) and not hub_reachable():
+            raise OSError(f"cannot stream '{spec.name}' ({spec.hub.get('path')}): the Hugging Face hub cannot be "
+                          "reached (network down?). Train on local files (dataset: path/to/*.jsonl or *.txt) or on "
+                          "the bundled 'stdlib' corpus")
+        return
+    for row in _load(spec):
+        if (row.get("text") or "").strip():
+            return
+    shown = ", ".join(spec.files[:3]) + (f" and {len(spec.files) - 3} more" if len(spec.files) > 3 else "")
+    raise ValueError(f"the training data '{spec.name}' is empty: {shown} hold(s) no text"
+                     f"{f' in field {spec.field!r}' if spec.field != 'text' else ''}; point dataset at files with documents")
 
 
 def open_split(spec: DataSpec, split: str, eval_docs: int, shard: int = 0, num_shards: int = 1):

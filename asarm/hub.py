@@ -1,39 +1,88 @@
-"""Loading from a local directory or the Hugging Face hub, with a clear message offline."""
+"""Loading from a local directory or the Hugging Face hub, with a clear message offline.
+
+Failures are fast: offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``) a hub
+id not in the cache fails at once, and online the hub is first checked to be
+reachable with a short TCP connect (``hub_reachable``) so that a machine with
+the network down does not spend a minute in the hub client's retries.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
+
+REACH_TIMEOUT_S = 3.0  # one TCP connect; the hub answers in well under a second when it is reachable
 
 
-def hub_offline() -> bool:
-    """True when the user asked the Hugging Face libraries to stay offline."""
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def hub_offline(datasets: bool = False) -> bool:
+    """True when the user asked the Hugging Face libraries to stay offline (``datasets``: for the ``datasets`` package,
+    which also obeys ``HF_DATASETS_OFFLINE``)."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") + (("HF_DATASETS_OFFLINE",) if datasets else ())
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in names)
 
 
-def _explain(what: str, name: str, revision: str | None) -> str:
+def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
+    """True if a TCP connection to the hub (``$HF_ENDPOINT``, default huggingface.co:443) opens within ``timeout`` s."""
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:  # no route, DNS failure, refused, timed out, or blocked (tests)
+        return False
+
+
+def unreachable_reason() -> str | None:
+    """Why the hub cannot be used now (offline mode, or no connection), or None when it can."""
+    if hub_offline():
+        return "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)"
+    if not hub_reachable():
+        host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        return f"{host} cannot be reached (network down?)"
+    return None
+
+
+def _explain(what: str, name: str, revision: str | None, why: str) -> str:
     rev = f" --revision {revision}" if revision else ""
     return (
         f"could not load the {what} '{name}'{f' (revision {revision})' if revision else ''}: it is not a local "
-        f"directory and the Hugging Face hub cannot be reached (offline?). On a machine with network run "
-        f"`huggingface-cli download {name}{rev} --local-dir DIR`, copy DIR here and pass its path instead of the hub id."
+        f"directory, not in the local hub cache, and the Hugging Face hub cannot be used: {why}. If '{name}' is a "
+        f"typo, fix it; else on a machine with network run `huggingface-cli download {name}{rev} --local-dir DIR`, "
+        "copy DIR here and pass its path instead of the hub id."
     )
+
+
+def _not_on_hub(exc: BaseException) -> bool:
+    """True when the hub answered that the repository or revision does not exist (or is gated/private)."""
+    seen = exc
+    while seen is not None:
+        if type(seen).__name__ in {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError",
+                                   "EntryNotFoundError", "HFValidationError"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "is not a valid model identifier" in str(exc) or "not a valid git identifier" in str(exc)
 
 
 def load_or_explain(loader, name_or_path: str, revision: str | None, what: str, **kwargs):
     """Call ``loader(name_or_path, revision=..., **kwargs)`` for a local directory or a hub id.
 
     A local directory is used as is. A hub id is looked up in the local cache
-    first, then (unless ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set)
-    downloaded. Any failure to reach the hub becomes one ``OSError`` that says
-    how to pass a local directory.
+    first, then (unless offline mode is set or the hub is unreachable)
+    downloaded. Every failure is one ``OSError`` (``FileNotFoundError`` for a
+    missing local directory) that names ``name_or_path`` as the user typed it
+    and says what to do; none waits on network retries.
     """
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{what} path '{name}' is a file; pass the directory that holds config.json")
-        return loader(str(path), **kwargs)
+        try:
+            return loader(str(path), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"{what} directory '{name}' cannot be loaded: {exc}") from exc
     # a path whose parent folder exists here (e.g. runs/mymodel) is a local directory, not a hub id
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir()):
         raise FileNotFoundError(f"{what} directory '{name}' does not exist")
@@ -41,9 +90,14 @@ def load_or_explain(loader, name_or_path: str, revision: str | None, what: str, 
         return loader(name, revision=revision, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass
-    if hub_offline():
-        raise OSError(_explain(what, name, revision))
+    why = unreachable_reason()
+    if why:
+        raise OSError(_explain(what, name, revision, why))
     try:
         return loader(name, revision=revision, **kwargs)
     except Exception as exc:  # requests/httpx/hub errors all mean the same thing to the user
-        raise OSError(_explain(what, name, revision) + f" ({type(exc).__name__}: {exc})") from exc
+        if _not_on_hub(exc):
+            raise OSError(f"the {what} '{name}'{f' (revision {revision})' if revision else ''} is not on the "
+                          "Hugging Face hub (a typo? a private or gated repository needs `huggingface-cli login`), "
+                          "and it is not a local directory either") from exc
+        raise OSError(_explain(what, name, revision, f"{type(exc).__name__}: {exc}")) from exc

@@ -49,10 +49,10 @@ import yaml
 
 from . import objective as obj
 from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_digests, make_encoder, open_split,
-                   resolve_dataset, stdlib_texts)
+                   check_not_empty, resolve_dataset, stdlib_texts)
 from .checkpoint import (CheckpointError, CheckpointSearch, CheckpointWarning, clean_temporaries,  # noqa: F401
                          describe, find_checkpoint, latest_checkpoint, quarantine, save_checkpoint)
-from .utils import atomic_write_json, atomic_write_text
+from .utils import atomic_write_json, atomic_write_text, check_input_file
 
 
 def opt(default, help: str):
@@ -144,9 +144,8 @@ class TrainConfig:
         """A YAML file (optional) with ``overrides`` applied on top."""
         values = {}
         if path:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"config file '{path}' does not exist")
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = yaml_or_explain(check_input_file(path, "config file").read_text(encoding="utf-8"),
+                                     f"config file '{path}'") or {}
             if not isinstance(values, dict):
                 raise ValueError(f"config file '{path}' must hold a mapping of options")
         values.pop("changes", None)  # a run directory's config.yaml: the history of resumes, not an option
@@ -154,6 +153,20 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def yaml_or_explain(text: str, where: str):
+    """``yaml.safe_load(text)``; malformed YAML becomes a ``ValueError`` naming ``where`` and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and start is not mark:  # where the unclosed construct began
+            problem += f", {context} at line {start.line + 1}"
+        raise ValueError(f"{where}{at}: malformed YAML ({problem}); fix the YAML syntax there") from None
 
 
 def _coerce(f: dataclasses.Field, value):
@@ -165,7 +178,7 @@ def _coerce(f: dataclasses.Field, value):
         except ValueError:
             pass
     if isinstance(value, str) and kind is not str:
-        value = yaml.safe_load(value)
+        value = yaml_or_explain(value, f"option {f.name} = {value!r}")
     if kind is bool and isinstance(value, bool) or kind is list and isinstance(value, list) \
             or kind is dict and isinstance(value, dict):
         return value
@@ -585,6 +598,7 @@ def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
     check_config(cfg)
     code_ws = None if cfg.code_whitespace == "auto" else cfg.code_whitespace == "true"
     spec = resolve_dataset(cfg.dataset, cfg.text_field or None, code_ws)
+    check_not_empty(spec)
     search = check_run_dir(cfg)
     ckpt = search.checkpoint
     changes = check_resume_config(cfg, ckpt) if ckpt is not None else {}
@@ -801,6 +815,6 @@ def register_train(sub) -> None:
 
 
 def run_train(args) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "debug")}
     train(TrainConfig.load(args.config, overrides))
     return 0

@@ -13,9 +13,13 @@ The output directory holds:
   unit, appended and flushed as soon as it is done. A rerun skips every unit
   already in ANY samples file of the directory (a truncated last line, from a
   kill mid-write, is dropped and recomputed).
-* ``results.json`` (config included) and ``results.md`` (a table), written
-  atomically once every unit is done: by the single process, or by whichever
-  shard finishes last, or by ``asarm eval-merge DIR``.
+* ``results.json`` (config included; strict JSON, NaN written as ``null``) and
+  ``results.md`` (a table), written atomically once every unit is done: by the
+  single process, or by whichever shard finishes last, or by ``asarm eval-merge DIR``.
+* ``.lock.shard-I``: held (``flock``) by the process running shard ``I``, so a
+  second run of the same shard into the same directory is refused at once
+  instead of redoing the work; other shards run concurrently. The kernel drops
+  the lock when its holder dies, so a killed run never blocks the next one.
 
 Each unit draws its randomness from ``unit_seed(seed, uid)``, so its records do
 not depend on which process ran it, in which order, or after how many restarts:
@@ -30,6 +34,7 @@ import importlib
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,7 +49,7 @@ SUMMARIZERS = {
 }
 # argparse options that do not change the numbers (kept in results.json under "runtime").
 RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command",
-                "func"}
+                "debug", "func"}
 CONFIG_FILE, RESULTS_FILE, TABLE_FILE = "config.json", "results.json", "results.md"
 
 
@@ -215,6 +220,37 @@ def finalize(out_dir: str | os.PathLike, runtime: dict | None = None, quiet: boo
     return results
 
 
+@contextmanager
+def shard_lock(out_dir: Path, shard: int):
+    """Hold ``out_dir/.lock.shard-{shard}`` for the block; ``ValueError`` at once if another process holds it.
+
+    The message names the directory and the holder's PID (written into the
+    file). ``flock`` locks belong to the open file, so the kernel releases them
+    when the holder exits or is killed: a stale file never blocks. Where
+    ``fcntl`` is missing (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock: concurrent runs are the user's to avoid
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f".lock.shard-{shard}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"{out_dir} is in use: another run (PID {holder}) is computing shard {shard} there; "
+                             "wait for it to finish, stop it, or pass another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Callable[[], Callable]) -> dict | None:
     """The whole flow for one command: select, check/write the config, process this shard, finalize.
 
@@ -230,10 +266,13 @@ def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Calla
     config, runtime = split_config(args)
     units = select_units(units, args.limit)
     out_dir = Path(args.output_dir)
-    prepare_output(out_dir, evaluation, config, [u.uid for u in units], args.overwrite)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir '{out_dir}' is a file; pass a directory")
     shard_units(units, args.shard, args.num_shards)  # validate before loading anything
-    run_units(out_dir, units, make_process, args.seed, args.shard, args.num_shards, args.progress, evaluation)
-    return finalize(out_dir, runtime)
+    with shard_lock(out_dir, args.shard):  # before prepare_output: --overwrite deletes files
+        prepare_output(out_dir, evaluation, config, [u.uid for u in units], args.overwrite)
+        run_units(out_dir, units, make_process, args.seed, args.shard, args.num_shards, args.progress, evaluation)
+        return finalize(out_dir, runtime)
 
 
 def register_merge(sub) -> None:

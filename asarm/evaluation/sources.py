@@ -30,10 +30,17 @@ def _missing(path: str) -> FileNotFoundError:
 
 
 def read_text(path: str) -> str:
-    """The text of a local (optionally ``.gz``) file, with ``\\r\\n`` normalised to ``\\n``."""
-    p = Path(path)
-    if not p.is_file():
+    """The text of a local (optionally ``.gz``) file, with ``\\r\\n`` normalised to ``\\n``.
+
+    ``FileNotFoundError`` (saying where to get the data) when nothing is at
+    ``path``; ``IsADirectoryError`` / ``ValueError`` ("is not a regular file")
+    for a directory or a pipe, as ``utils.check_input_file``.
+    """
+    from ..utils import check_input_file
+
+    if not Path(path).exists():
         raise _missing(path)
+    p = check_input_file(path, "data file")
     opener = gzip.open if p.suffix == ".gz" else open
     try:
         with opener(p, "rt", encoding="utf-8") as f:
@@ -68,6 +75,14 @@ def load_hub_rows(spec: str, default_split: str) -> list[dict]:
     body = spec[len(HUB_PREFIX):]
     body, _, split = body.partition("@")
     name, _, config = body.partition(":")
+    from ..hub import hub_offline, hub_reachable
+
+    # Offline mode on: `datasets` serves its cache without touching the network. Off, with the network
+    # down: fail now, not after the hub client's retries.
+    if not hub_offline(datasets=True) and not hub_reachable():
+        raise OSError(f"could not load the hub data set '{spec}': the Hugging Face hub cannot be reached (network "
+                      "down?). Pass a local file with --data, or, if it is in the local cache, set "
+                      "HF_HUB_OFFLINE=1 to use the cached copy")
     try:
         import datasets
     except ImportError as exc:
