@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import ExitStack
 import os
 import sys
 import time
@@ -53,7 +54,7 @@ from ..utils import atomic_write_json, atomic_write_text
 from .metrics import mean_se, paired_tests, unigram_entropy
 from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
 from .runner import (CONFIG_FILE, RESULTS_FILE, Unit, _open_for_append, add_run_arguments, finalize, load_records,
-                     markdown_table, pm, run_evaluation)
+                     markdown_table, pm, run_evaluation, shard_lock)
 from .sources import default_data, load_rows, read_text, require_fields
 
 METRICS = ("nfe", "time_s", "ppl", "entropy", "model_nll")
@@ -378,8 +379,6 @@ def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress:
     and the progress file is removed. Raises ``ValueError``/``OSError`` naming the
     fix when ``out_dir`` is not a finished speculative run or the judge cannot be loaded.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     path = out_dir / CONFIG_FILE
     if not path.is_file():
@@ -400,6 +399,18 @@ def rescore(out_dir: str | os.PathLike, judge_name: str, device="cpu", progress:
     judge = load_judge_or_reason(judge_name, device)
     if judge[0] is None:
         raise OSError(f"--rescore: {judge[1]}; nothing was changed")
+    # hold every shard's lock: no run may write into the folder while its files are rewritten
+    shards = sorted({int(f.name.split("-")[1]) for f in out_dir.glob("samples.shard-*-of-*.jsonl")} or {0})
+    with ExitStack() as locks:
+        for shard in shards:
+            locks.enter_context(shard_lock(out_dir, shard))
+        return _rescore_locked(out_dir, meta, done, judge, judge_name, path, progress)
+
+
+def _rescore_locked(out_dir: Path, meta: dict, done: dict, judge, judge_name: str, path: Path, progress: bool) -> int:
+    """``rescore``'s writes, under the run's locks."""
+    from tqdm.auto import tqdm
+
     progress_path = out_dir / RESCORE_PROGRESS
     rescored = load_rescore_progress(progress_path, judge_name, done)
     todo = [u for u in meta["units"] if u not in rescored]
