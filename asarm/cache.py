@@ -230,12 +230,12 @@ class CachedDecoder:
         limit = torch.where(valid, torch.cat([c_limit, q_limit], 1), torch.ones_like(rank))  # padding sees rank 0
         L = int(n_known.max())
         key_pos, q_pos = order[:, :L], order.gather(1, rank)
-        # attention in chunks of streams: (R, C, L) masks and (R, H, C, L + 2N) scores, never (R, T, L)
+        # attention in chunks of C streams: (R, C, L) masks and (R, H, C, L + 2N) scores within the budget
         T = U + K
         C = stream_chunk(R, self.model.config.n_head, T, L, N)
         chunks = [slice(a, min(a + C, T)) for a in range(0, T, C)]
         # one chunk (every call but a long prompt's first): build its masks once for all layers
-        masks = [stream_masks(q_pos, key_pos, limit, N)] if len(chunks) == 1 else None
+        masks = stream_masks(q_pos, key_pos, limit, N) if len(chunks) == 1 else None
 
         # ---- embeddings: tokens for content streams, XLNet's mask_emb for query streams
         c_tok = x_rank.gather(1, rank[:, :U])
@@ -254,10 +254,15 @@ class CachedDecoder:
                 vc[w_row, :, w_slot] = (hc @ att.v.flatten(1)).unflatten(-1, att.v.shape[1:]).to(vc.dtype)
             q = (s @ att.q.flatten(1)).unflatten(-1, att.q.shape[1:])  # (R, T, H, D)
             k_l, v_l = self._select(kc, rows, L), self._select(vc, rows, L)
-            parts = [attend(q[:, c], k_l, v_l, rel_k,
-                            *(masks[0] if masks else stream_masks(q_pos[:, c], key_pos, limit[:, c], N)),
-                            att.r_w_bias, att.r_r_bias, att.scale) for c in chunks]
-            out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            if masks is not None:
+                out = attend(q, k_l, v_l, rel_k, *masks, att.r_w_bias, att.r_r_bias, att.scale)
+            else:
+                # written in place: chunk results kept alive between the large score tensors would
+                # fragment the heap (peak RSS grew with N^2 although no tensor did)
+                out = q.new_empty(q.shape, dtype=v_l.dtype)  # attend returns the values' dtype
+                for c in chunks:
+                    out[:, c] = attend(q[:, c], k_l, v_l, rel_k, *stream_masks(q_pos[:, c], key_pos, limit[:, c], N),
+                                       att.r_w_bias, att.r_r_bias, att.scale)
             # HF's post_attention, as a matmul on a view of `o` (its einsum copies the weight every call)
             s = att.layer_norm(s + out.flatten(2) @ att.o.flatten(1).t())
             s = layer.ff(s)  # same weights for both streams
