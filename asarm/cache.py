@@ -35,7 +35,11 @@ Cost: per call O(R x T x (d^2 + d x d_inner + L x d + 2N x d)) for R rows, T new
 streams per row and L cached keys; the plain path pays O(N x d^2 + N^2 x d)
 per row and call. Memory: ``2 x d_model x itemsize`` bytes per token per layer
 (K and V) for ``B x N`` tokens, plus one ``2N x d_model`` table of projected
-relative embeddings per layer; never an ``N x N`` tensor.
+relative embeddings per layer; never an ``N x N`` tensor. The attention of one
+call is computed in chunks of new streams (``stream_chunk``), so even the
+first call of a long prompt (``T ~ L ~ N`` new streams and keys) builds score
+and index tensors of at most ``ATTENTION_CHUNK_ELEMENTS`` entries (or one
+stream's worth, ``R x H x 3N``, if that is larger): memory linear in ``N``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ from __future__ import annotations
 import torch
 
 from .orders import order_to_pos
+
+# Most entries (R x H x streams x (L + 2N)) that the attention of one chunk of new streams may
+# build: 2**24 float32 scores are 64 MiB per tensor. Without the chunking, a 15k-token prompt's first
+# call built R x T x L int64 indices and H x T x 2N position scores (gigabytes).
+ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 
 def cache_bytes_per_token_per_layer(config, dtype=torch.float32) -> int:
@@ -79,6 +88,34 @@ def attend(q, k, v, rel_k, rel_idx, allowed, r_w_bias, r_r_bias, scale: float):
     score = score.masked_fill(~allowed[:, None], torch.finfo(score.dtype).min)
     prob = torch.softmax(score.float(), dim=-1).to(v.dtype)
     return torch.einsum("rhtl,rhld->rthd", prob, v)
+
+
+def stream_chunk(rows: int, heads: int, streams: int, keys: int, n: int,
+                 budget: int | None = None) -> int:
+    """How many new streams one attention chunk takes: the most whose scores fit ``budget``.
+
+    One stream costs ``rows x heads x (keys + 2n)`` entries (content scores against
+    ``keys`` cached keys, position scores against ``2n`` distances). Returns a value
+    in ``[1, max(1, streams)]``; ``budget`` defaults to ``ATTENTION_CHUNK_ELEMENTS``.
+    """
+    budget = ATTENTION_CHUNK_ELEMENTS if budget is None else budget
+    per_stream = max(1, rows * heads * (keys + 2 * n))
+    return max(1, min(max(1, streams), budget // per_stream))
+
+
+def stream_masks(q_pos, key_pos, limit, n: int):
+    """``(rel_idx, allowed)`` of ``attend`` for some streams, built only for those streams.
+
+    Args:
+        q_pos: ``(R, C)`` positions of the streams; key_pos: ``(R, L)`` positions of the keys
+            (rank order); limit: ``(R, C)`` each stream sees the ``limit`` lowest ranks.
+        n: sequence length (row ``n - d`` of ``rel_k`` is distance ``d``).
+    Returns:
+        ``(R, C, L)`` long and ``(R, C, L)`` bool.
+    """
+    rel_idx = n - (q_pos[:, :, None] - key_pos[:, None, :])
+    allowed = torch.arange(key_pos.shape[1], device=key_pos.device) < limit[:, :, None]
+    return rel_idx, allowed
 
 
 class CachedDecoder:
@@ -160,8 +197,12 @@ class CachedDecoder:
             n_known, q_start, q_count: ``(R,)`` long.
             num_queries: ``K``, at least ``max(q_count)``.
         Returns:
-            ``(R, K, V)`` float32 logits; query slots ``>= q_count`` are padding.
+            ``(R, K, V)`` float32 logits (dropout off in any mode); query slots ``>= q_count`` are padding.
         """
+        with self.model.without_dropout():  # the cached keys/values must be those of the deterministic network
+            return self._logits(rows, x, n_known, q_start, q_count, num_queries)
+
+    def _logits(self, rows, x, n_known, q_start, q_count, num_queries):
         dev, N = x.device, self.N
         rows, n_known, q_start, q_count = (torch.as_tensor(t, device=dev).long()
                                            for t in (rows, n_known, q_start, q_count))
@@ -188,9 +229,13 @@ class CachedDecoder:
         q_limit = torch.where(q_rank >= nn_, nn_, torch.where(q_rank < mm, mm, q_rank))
         limit = torch.where(valid, torch.cat([c_limit, q_limit], 1), torch.ones_like(rank))  # padding sees rank 0
         L = int(n_known.max())
-        key_pos = order[:, :L]
-        allowed = torch.arange(L, device=dev) < limit[:, :, None]  # (R, T, L)
-        rel_idx = N - (order.gather(1, rank)[:, :, None] - key_pos[:, None, :])  # row of rel_k for pos_q - pos_k
+        key_pos, q_pos = order[:, :L], order.gather(1, rank)
+        # attention in chunks of C streams: (R, C, L) masks and (R, H, C, L + 2N) scores within the budget
+        T = U + K
+        C = stream_chunk(R, self.model.config.n_head, T, L, N)
+        chunks = [slice(a, min(a + C, T)) for a in range(0, T, C)]
+        # one chunk (every call but a long prompt's first): build its masks once for all layers
+        masks = stream_masks(q_pos, key_pos, limit, N) if len(chunks) == 1 else None
 
         # ---- embeddings: tokens for content streams, XLNet's mask_emb for query streams
         c_tok = x_rank.gather(1, rank[:, :U])
@@ -208,8 +253,16 @@ class CachedDecoder:
                 kc[w_row, :, w_slot] = (hc @ att.k.flatten(1)).unflatten(-1, att.k.shape[1:]).to(kc.dtype)
                 vc[w_row, :, w_slot] = (hc @ att.v.flatten(1)).unflatten(-1, att.v.shape[1:]).to(vc.dtype)
             q = (s @ att.q.flatten(1)).unflatten(-1, att.q.shape[1:])  # (R, T, H, D)
-            out = attend(q, self._select(kc, rows, L), self._select(vc, rows, L), rel_k, rel_idx, allowed,
-                         att.r_w_bias, att.r_r_bias, att.scale)
+            k_l, v_l = self._select(kc, rows, L), self._select(vc, rows, L)
+            if masks is not None:
+                out = attend(q, k_l, v_l, rel_k, *masks, att.r_w_bias, att.r_r_bias, att.scale)
+            else:
+                # written in place: chunk results kept alive between the large score tensors would
+                # fragment the heap (peak RSS grew with N^2 although no tensor did)
+                out = q.new_empty(q.shape, dtype=v_l.dtype)  # attend returns the values' dtype
+                for c in chunks:
+                    out[:, c] = attend(q[:, c], k_l, v_l, rel_k, *stream_masks(q_pos[:, c], key_pos, limit[:, c], N),
+                                       att.r_w_bias, att.r_r_bias, att.scale)
             # HF's post_attention, as a matmul on a view of `o` (its einsum copies the weight every call)
             s = att.layer_norm(s + out.flatten(2) @ att.o.flatten(1).t())
             s = layer.ff(s)  # same weights for both streams

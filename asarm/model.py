@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 
 from .hub import load_or_explain
 from .orders import check_order, joint_mask, step_mask, target_mapping
+from .sampling import check_probabilities, check_temperature
 from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_ids
 
 # Keys under which the AS-ARM's own settings travel inside XLNet's config.json
@@ -32,6 +34,27 @@ from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_id
 _CFG_MASK = "asarm_mask_token_id"
 BACKENDS = ("cached", "plain")
 _CFG_BANNED = "asarm_banned_token_ids"
+
+
+@contextmanager
+def without_dropout(module: nn.Module):
+    """Run ``module`` with every submodule in eval mode (dropout off) inside the block.
+
+    Sampling and scoring are exact only for the deterministic network, whatever
+    mode the caller left it in (e.g. halfway through training). On exit, normal or
+    by an exception, each submodule gets back its own ``training`` flag, so a
+    mixed state (a frozen, eval-mode part) survives too.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    if not any(training for _, training in flags):  # already eval: nothing to change or restore
+        yield module
+        return
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 class ASARM(nn.Module):
@@ -192,28 +215,44 @@ class ASARM(nn.Module):
             )
         return out.logits.float()
 
+    def without_dropout(self):
+        """``with model.without_dropout():`` runs the network deterministically (``without_dropout``)."""
+        return without_dropout(self)
+
     def log_probs(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """``log_softmax(logits / T)`` over the allowed ids; banned ids get ``-inf``. Shape kept."""
+        """``log_softmax(logits / T)`` over the allowed ids; banned ids get ``-inf``. Shape kept.
+
+        Raises ``NonFiniteLogitsError`` (a ``ValueError``) when the result holds NaN: NaN/inf
+        logits (a broken model) or a temperature so small that ``logits / T`` overflows.
+        """
         z = (logits.float() / temperature).masked_fill(self.banned, float("-inf"))
-        return torch.log_softmax(z, dim=-1)
+        return check_probabilities(torch.log_softmax(z, dim=-1), logits, temperature)
 
     def check_inputs(self, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor) -> None:
-        """Raise ``ValueError``/``TypeError`` for inputs the model cannot score or complete."""
+        """Raise ``ValueError``/``TypeError`` for inputs the model cannot score or complete.
+
+        Any integer dtype is accepted (values are compared as int64, so e.g. int8 ids
+        are range-checked correctly); float and bool tensors are refused.
+        """
         for name, t in (("input_ids", input_ids), ("sigma", sigma), ("num_visible", num_visible)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            if t.dtype.is_floating_point or t.dtype == torch.bool:
-                raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(f"{name} must hold integers, got dtype {t.dtype}; convert it with .long()")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (B, N), got {tuple(input_ids.shape)}; for one sequence use x[None]")
         if sigma.shape != input_ids.shape:
             raise ValueError(f"sigma shape {tuple(sigma.shape)} disagrees with input_ids shape {tuple(input_ids.shape)}")
         if num_visible.shape != input_ids.shape[:1]:
             raise ValueError(f"num_visible must have shape ({input_ids.shape[0]},), got {tuple(num_visible.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
-            bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)][0]
-            raise ValueError(f"token id {int(bad)} is outside the model's vocabulary [0, {self.vocab_size})")
-        check_order(sigma, num_visible)
+        # int64 for the comparisons: against a narrow dtype (int8, uint8) the bound itself would wrap
+        ids = input_ids.long()
+        outside = (ids < 0) | (ids >= self.vocab_size)
+        if outside.any():
+            row, col = (int(i) for i in outside.nonzero()[0])
+            raise ValueError(f"token id {int(ids[row, col])} (row {row}, position {col}) is outside the model's "
+                             f"vocabulary [0, {self.vocab_size}): the ids come from another tokenizer or model")
+        check_order(sigma.long(), num_visible.long())
 
     @torch.no_grad()
     def joint_log_prob(self, input_ids, sigma, num_visible, temperature: float = 1.0) -> torch.Tensor:
@@ -221,6 +260,7 @@ class ASARM(nn.Module):
 
         ``sum_{r=m}^{N-1} log p_T(x at rank r | x at ranks < r)`` with the joint
         mask, where ``p_T`` is the temperature-``T`` softmax over allowed ids.
+        Dropout is off whatever the module's mode (which is restored).
 
         Args:
             input_ids: ``(B, N)`` complete sequences.
@@ -229,11 +269,14 @@ class ASARM(nn.Module):
             ``(B,)`` float32.
         """
         self.check_inputs(input_ids, sigma, num_visible)
+        temperature = check_temperature(temperature)
         input_ids, sigma, num_visible = (t.to(self.device, torch.long) for t in (input_ids, sigma, num_visible))
         n = input_ids.shape[1]
         count = n - num_visible
         mapping, positions, valid = target_mapping(sigma, num_visible, count)
-        logp = self.log_probs(self(input_ids, joint_mask(sigma, num_visible), mapping), temperature)
+        with self.without_dropout():  # the model's joint is that of the deterministic network
+            logits = self(input_ids, joint_mask(sigma, num_visible), mapping)
+        logp = self.log_probs(logits, temperature)
         token_lp = logp.gather(-1, input_ids.gather(1, positions)[..., None]).squeeze(-1)
         return torch.where(valid, token_lp, torch.zeros_like(token_lp)).sum(-1)
 
@@ -273,8 +316,9 @@ class PlainDecoder:
             n_known, q_start, q_count: ``(R,)`` long.
             num_queries: ``K``, at least ``max(q_count)``.
         Returns:
-            ``(R, K, V)`` float32 logits; query slots ``>= q_count`` are padding.
+            ``(R, K, V)`` float32 logits (dropout off in any mode); query slots ``>= q_count`` are padding.
         """
         sigma, m = self.sigma[rows], self.num_visible[rows]
         mapping, _, _ = target_mapping(sigma, q_start, q_count, num_queries)
-        return self.model(x, step_mask(sigma, m, n_known), mapping)
+        with self.model.without_dropout():
+            return self.model(x, step_mask(sigma, m, n_known), mapping)

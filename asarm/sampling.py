@@ -40,6 +40,8 @@ two backends whose logits agree give the same samples.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -72,7 +74,33 @@ class SampleOutput:
     accepted: torch.Tensor
 
 
-# ---------------------------------------------------------------------------- pure math
+class NonFiniteLogitsError(FloatingPointError, ValueError):
+    """A softmax over the model's logits came out NaN (also a ``ValueError``: it is the input's fault)."""
+
+
+def check_probabilities(out: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``out`` (a softmax or log-softmax of ``logits / temperature``) if it holds no NaN, else raise.
+
+    A NaN there means NaN/inf logits (the model) or ``logits / T`` overflowing to
+    ``inf`` (the temperature); without this check inverse-CDF sampling would
+    silently return the last vocabulary id. One reduction per call; the cause is
+    looked for only after a failure.
+
+    Raises:
+        NonFiniteLogitsError: naming the likely cause and the fix.
+    """
+    if not torch.isnan(out).any():
+        return out
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogitsError(
+            "the model returned non-finite logits (NaN or inf): its weights are probably NaN/inf (a diverged "
+            "or corrupted checkpoint), or float16 overflowed; check torch.isfinite(p).all() for p in "
+            "model.parameters(), or run in float32/bfloat16")
+    raise NonFiniteLogitsError(
+        f"softmax(logits / temperature) is not finite at temperature={temperature!r}: logits / T overflows "
+        "float32; use a temperature of at least 1e-30 (1e-4 is already practically greedy)")
+
+
 def probs_from_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor) -> torch.Tensor:
     """``softmax(logits / T)`` with ``banned`` ids at probability 0.
 
@@ -80,9 +108,11 @@ def probs_from_logits(logits: torch.Tensor, temperature: float, banned: torch.Te
         logits: ``(..., V)``; banned: ``(V,)`` bool.
     Returns:
         float32 ``(..., V)``, rows summing to 1.
+    Raises:
+        NonFiniteLogitsError: NaN/inf logits, or ``T`` so small that ``logits / T`` overflows.
     """
     z = (logits.float() / temperature).masked_fill(banned, float("-inf"))
-    return torch.softmax(z, dim=-1)
+    return check_probabilities(torch.softmax(z, dim=-1), logits, temperature)
 
 
 def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -250,22 +280,58 @@ def context_ngram_draft(tokens: list[int], known: list[bool], order: list[int], 
 
 
 # ---------------------------------------------------------------------------- sampler
+def _as_number(value):
+    """``value`` as a Python float if it is a real number (int, float, numpy scalar, one-element
+    tensor; not bool or str), else ``None``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.dtype.is_complex:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def check_temperature(temperature, name: str = "temperature") -> float:
+    """``temperature`` as a float, or ``ValueError`` unless it is a finite real number ``> 0``.
+
+    numpy scalars and one-element tensors are accepted (e.g. a value read from a config array).
+    """
+    t = _as_number(temperature)
+    if t is None or not math.isfinite(t) or t <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 (1.0 samples the model as it is; smaller "
+                         f"is greedier), got {temperature!r}")
+    return t
+
+
+def check_draft_length(k) -> int:
+    """``k`` as an int, or ``ValueError`` unless it is an integer ``>= 1`` (numpy / 0-d tensor ints accepted)."""
+    try:
+        value = None if isinstance(k, bool) else operator.index(k)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"k (draft length) must be an integer >= 1 (the paper uses 5), got {k!r}")
+    return value
+
+
 def _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft, draft_only_temperature):
+    """Validate ``sample``'s options; returns ``(k, temperature, r_atol)`` as Python numbers."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (draft length) must be an integer >= 1, got {k!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    k = check_draft_length(k)
+    temperature = check_temperature(temperature)
     if temperature_mode not in TEMPERATURE_MODES:
         raise ValueError(f"temperature_mode must be one of {TEMPERATURE_MODES}, got {temperature_mode!r}")
-    if not isinstance(r_atol, (int, float)) or not math.isfinite(r_atol) or r_atol < 0:
-        raise ValueError(f"r_atol must be a finite number >= 0, got {r_atol!r}")
+    atol = _as_number(r_atol)
+    if atol is None or not math.isfinite(atol) or atol < 0:
+        raise ValueError(f"r_atol must be a finite number >= 0 (0 keeps sampling exact), got {r_atol!r}")
     if ngram_draft not in NGRAM_DRAFTS:
         raise ValueError(f"ngram_draft must be one of {NGRAM_DRAFTS}, got {ngram_draft!r}")
     if draft_only_temperature not in DRAFT_ONLY_TEMPERATURES:
         raise ValueError(f"draft_only_temperature must be one of {DRAFT_ONLY_TEMPERATURES}, "
                          f"got {draft_only_temperature!r}")
+    return k, temperature, atol
 
 
 def draft_temperatures(temperature: float, temperature_mode: str, draft_only_temperature: str):
@@ -362,8 +428,8 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
             overwritten (they usually hold ``model.mask_token_id``).
         sigma: ``(B, N)`` orders (``asarm.orders``); num_visible: ``(B,)`` prompt sizes ``m``.
         method: ``"sequential"``, ``"assd"`` or ``"ngram"``.
-        k: draft length (ASSD and n-gram).
-        temperature: ``T > 0``, applied to draft and oracle (``temperature_mode="both"``,
+        k: draft length (ASSD and n-gram), an integer >= 1 (numpy / 0-d tensor ints too).
+        temperature: finite ``T > 0`` (numpy / 0-d tensor scalars too), applied to draft and oracle (``temperature_mode="both"``,
             exact for the tempered joint) or to the drafts only (``"draft"``: exact for
             the ``T = 1`` joint; see ``draft_only_temperature``).
         r_atol: slack added to the acceptance ratio. LOSSY: ablations only.
@@ -383,20 +449,28 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
             (recomputes every position at every call, as the paper's code). Same samples.
     Returns:
         ``SampleOutput`` with ``sequences (B, N)`` and ``nfe (B,)``.
+    Raises:
+        ValueError: a bad option or input (the message names it); ``NonFiniteLogitsError`` (a
+            ``ValueError``) when the model's logits, or ``logits / T``, are not finite.
+
+    Dropout is off during the run whatever mode ``model`` is in; its mode is restored.
     """
-    _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft, draft_only_temperature)
+    k, temperature, r_atol = _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft,
+                                         draft_only_temperature)
     num_visible = torch.as_tensor(num_visible, device=input_ids.device) if not isinstance(num_visible, torch.Tensor) else num_visible
     model.check_inputs(input_ids, sigma, num_visible)
     input_ids, sigma, num_visible = (t.to(model.device, torch.long) for t in (input_ids, sigma, num_visible))
-    run = _Run(model, input_ids, sigma, num_visible, generator, backend)
     temps = draft_temperatures(temperature, temperature_mode, draft_only_temperature)
-    if method == "sequential":
-        _sequential(run, temps[2])
-    elif method == "assd":
-        while len(rows := run.active()):
-            _assd_round(run, rows, k, temps, r_atol, bonus)
-    else:
-        _ngram(run, k, temps, r_atol, ngram_draft)
+    # exact only for the deterministic network: dropout off whatever mode the caller left the model in
+    with model.without_dropout():
+        run = _Run(model, input_ids, sigma, num_visible, generator, backend)
+        if method == "sequential":
+            _sequential(run, temps[2])
+        elif method == "assd":
+            while len(rows := run.active()):
+                _assd_round(run, rows, k, temps, r_atol, bonus)
+        else:
+            _ngram(run, k, temps, r_atol, ngram_draft)
     return SampleOutput(run.x, run.nfe, run.drafted, run.accepted)
 
 

@@ -7,13 +7,18 @@ float32. Since the samplers consume the same uniforms whatever the backend,
 equal logits mean equal samples, which is tested too.
 """
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import asarm
 from asarm import ASARM, orders
-from asarm.cache import CachedDecoder, attend, cache_bytes_per_token_per_layer
+from asarm import cache
+from asarm.cache import CachedDecoder, attend, cache_bytes_per_token_per_layer, stream_chunk
 from asarm.model import PlainDecoder
 
 ATOL = 1e-5
@@ -214,6 +219,82 @@ def test_long_sequence_without_quadratic_tensors():
     with LargestTensor() as plain_call:
         PlainDecoder(model, sigma, m)(row, x, m, m, torch.full((1,), k))
     assert plain_call.largest >= H * N * N >= 16 * decoding.largest
+
+
+def test_long_prompt_first_call_stays_within_the_chunk_budget():
+    """A long prompt's first call has T ~ L ~ N new streams and keys (a 60 KB prompt is ~15k tokens).
+    Chunked over streams, no tensor exceeds the budget; unchunked, the position scores alone had
+    H x T x 2N entries (and the indices T x L int64): gigabytes at 15k tokens."""
+    N, H, d, layers, k = 4096, 2, 32, 2, 5
+    model = make_model(seed=6, n_head=H, d_model=d, n_layer=layers, initializer_range=0.02)
+    x, sigma, m = make_batch(1, N, [N - 16], "sorted", seed=10)
+    row = torch.zeros(1, dtype=torch.long)
+    with LargestTensor() as first:
+        logits = CachedDecoder(model, sigma, m)(row, x, m, m, torch.full((1,), k))
+    assert logits.shape == (1, k, VOCAB) and torch.isfinite(logits).all()
+    unchunked = H * (N - 16 + k) * 2 * N
+    assert first.largest <= cache.ATTENTION_CHUNK_ELEMENTS < unchunked
+
+
+_PEAK_RSS_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch
+    torch.set_num_threads(1)
+    from asarm import ASARM, orders
+    from asarm.cache import CachedDecoder
+    N = int(sys.argv[1])
+    model = ASARM.from_config(vocab_size=64, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    m = torch.tensor([N - 16])
+    sigma = orders.random_sorted_order(1, N, m, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(10, 64, (1, N), generator=torch.Generator().manual_seed(1))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    CachedDecoder(model, sigma, m)(torch.zeros(1, dtype=torch.long), x, m, m, torch.full((1,), 5))
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # KiB -> MiB on Linux
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
+def test_long_prompt_first_call_peak_memory_is_bounded():
+    """What the process really holds (tensor sizes alone missed heap fragmentation): an 8192-token
+    prompt's first call grew the peak RSS by 2.7 GiB before the chunking, ~0.33 GiB after."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, "8192"], capture_output=True, text=True,
+                         timeout=600, check=True)
+    assert int(out.stdout.split()[-1]) < 1024, f"peak RSS grew by {out.stdout.split()[-1]} MiB"
+
+
+def test_chunked_attention_is_exact_and_memory_linear(monkeypatch):
+    """With a tiny budget (one stream per chunk) the logits equal the unchunked ones, and the largest
+    tensor is O(N x d): the K/V cache and the per-stream activations, not the T x L attention."""
+    N, layers, d_inner = 1024, 2, 64
+    model = make_model(seed=7)
+    x, sigma, m = make_batch(2, N, [N - 40, 300], "random", seed=11)
+    m = torch.tensor([N - 40, 300])
+    x = torch.where(sigma < m[:, None], x.clamp(min=10), torch.full_like(x, MASK))
+    rows, q = torch.arange(2), torch.full((2,), 6)
+    monkeypatch.setattr(cache, "ATTENTION_CHUNK_ELEMENTS", 1 << 40)
+    whole = CachedDecoder(model, sigma, m)(rows, x, m, m, q)
+    monkeypatch.setattr(cache, "ATTENTION_CHUNK_ELEMENTS", 1 << 14)
+    assert stream_chunk(2, 2, N - 40 + 6, N - 40, N) == 1  # the budget really forces one stream per chunk
+    with LargestTensor() as small:
+        chunked = CachedDecoder(model, sigma, m)(rows, x, m, m, q)
+    torch.testing.assert_close(chunked, whole, atol=ATOL, rtol=0)
+    assert small.largest <= 2 * layers * 2 * N * d_inner  # linear in N (quadratic: H x T x 2N ~ 8M)
+
+
+def test_chunked_attention_gives_the_same_samples(monkeypatch):
+    x, sigma, m = make_batch(3, 96, [5, 20, 60], "random", seed=12)
+    model = make_model(seed=8)
+    kw = dict(method="assd", k=4, backend="cached")
+    reference = asarm.sample(model, x, sigma, m, generator=torch.Generator().manual_seed(3), **kw)
+    monkeypatch.setattr(cache, "ATTENTION_CHUNK_ELEMENTS", 1)
+    chunked = asarm.sample(model, x, sigma, m, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(chunked.sequences, reference.sequences) and torch.equal(chunked.nfe, reference.nfe)
+
+
+def test_stream_chunk_contract():
+    assert stream_chunk(1, 2, 10, 5, 8, budget=10 ** 9) == 10  # everything in one chunk
+    assert stream_chunk(1, 2, 10, 5, 8, budget=2 * 21 * 3) == 3  # a stream costs R x H x (L + 2N) = 42
+    assert stream_chunk(4, 12, 10, 5000, 5000, budget=1) == 1  # never below one stream
+    assert stream_chunk(1, 1, 0, 0, 1, budget=5) == 1  # no streams: still a valid slice width
 
 
 # ---------------------------------------------------------------------------- precision and compile

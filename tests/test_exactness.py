@@ -8,6 +8,7 @@ the sample size explains. The same test rejects deliberately broken samplers,
 which shows it has the power to notice a wrong distribution.
 """
 
+import copy
 import importlib.util
 import itertools
 from collections import Counter
@@ -174,6 +175,24 @@ def test_sampler_matches_exact_joint(model, case, backend, monkeypatch):
     if kwargs["method"] == "assd" and call_bound(masked, kwargs) == masked and kwargs["k"] > 2:
         # (with k = 2 a two-call round always yields exactly two tokens, without bonus)
         assert out.nfe.float().mean() < masked, "ASSD saved no call at all"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_mode_model_samples_its_exact_joint(model, backend):
+    """A model left in train() mode (dropout on) is sampled and scored as the deterministic network:
+    the samples match the enumerated joint, and the mode is train() again afterwards."""
+    kind, m, tokens, kwargs = CASES["assd_k5"]
+    training = copy.deepcopy(model).train()
+    assert training.config.dropout > 0  # otherwise train() mode would change nothing
+    sigma = _order(kind, m, seed=len("assd_k5"))
+    x = _prompt(sigma, m, tokens)
+    seqs, probs = exact_joint(training, x, sigma, m)
+    np.testing.assert_allclose(probs, exact_joint(model, x, sigma, m)[1], rtol=1e-5)  # eval-mode joint
+    out = draw(training, x, sigma, m, seed=1, backend=backend, **kwargs)
+    assert all(mod.training for mod in training.modules())
+    p_value, tv, bound = goodness_of_fit(out.sequences, seqs, probs)
+    assert p_value > P_MIN, f"train mode: chi-square p = {p_value:.2e}"
+    assert tv <= bound, f"train mode: TV {tv:.4f} > {bound:.4f}"
 
 
 MIXED = {
