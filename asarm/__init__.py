@@ -6,12 +6,13 @@ Sampling and Speculative Decoding" (arXiv 2504.20456).
 
 from . import orders
 from .model import ASARM, PlainDecoder
-from .sampling import SampleOutput, sample
+from .sampling import NonFiniteLogitsError, SampleOutput, sample
 from .tokenizer import XLNET_SPECIAL_TOKENS, build_local_tokenizer, load_tokenizer
 
 __all__ = [
     "ASARM",
     "PlainDecoder",
+    "NonFiniteLogitsError",
     "SampleOutput",
     "sample",
     "orders",

@@ -102,7 +102,7 @@ def masked_block_scores(model, context: list[int], target: list[int]) -> tuple[f
     sigma = sorted_order(visible)
     m = torch.tensor([len(context)], device=model.device)
     mapping, positions, _ = target_mapping(sigma, m, len(target))
-    with torch.no_grad():
+    with torch.no_grad(), model.without_dropout():
         logp = model.log_probs(model(ids, joint_mask(sigma, m), mapping))[0]
     tgt = torch.tensor(target, device=model.device)
     return float(logp.gather(-1, tgt[:, None]).sum()), bool((logp.argmax(-1) == tgt).all())
