@@ -203,10 +203,11 @@ def _bind_args(paths) -> list[str]:
 def namespace_command(argv: list[str], extra_paths: tuple[str, ...] = ()) -> list[str]:
     """``argv`` wrapped in bubblewrap: read-only ``/usr`` + Python, tmpfs ``/sandbox`` as cwd, all namespaces new."""
     python_dirs = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(sys.executable))})
+    # tmpfs first: a later mount shadows an earlier one, and a Python (venv) under /tmp must stay visible
     return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/sandbox",
             *_bind_args(["/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin"]), *_bind_args(python_dirs),
-            *_bind_args(extra_paths), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/sandbox",
-            "--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
+            *_bind_args(extra_paths), "--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
             "--setenv", "TMPDIR", "/sandbox", "--setenv", "LANG", "C.UTF-8", "--setenv", "OMP_NUM_THREADS", "1",
             "--setenv", "PYTHONHASHSEED", "0", "--", *argv]
 
