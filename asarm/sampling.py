@@ -217,25 +217,17 @@ def context_bigram_draft(tokens: list[int], known: list[bool], order: list[int],
         ``(drafts, dists)``: drafted ids, and each draft's distribution (id -> prob).
     """
     counts, _ = context_counts(tokens, known)
-    tokens, known = list(tokens), list(known)
-    drafts, dists = [], []
-    for i in range(k):
-        pos = order[start + i]
-        left = _left_token(tokens, known, pos)
+
+    def rule(left):
         if left is None or left not in counts:
-            break
+            return None
         c = counts[left]
-        ids = sorted(c)
-        # count ** (1 / T), scaled by the largest count: no overflow at small T
-        top = max(c.values())
-        weights = [math.exp(math.log(c[t] / top) / temperature) for t in ids]
-        total = sum(weights)
-        dist = {t: w / total for t, w in zip(ids, weights)}
-        tok = _inverse_cdf(dist, u[i])
-        tokens[pos], known[pos] = tok, True
-        drafts.append(tok)
-        dists.append(dist)
-    return drafts, dists
+        top = max(c.values())  # count ** (1 / T), scaled by the largest count: no overflow at small T
+        weights = {t: math.exp(math.log(c[t] / top) / temperature) for t in sorted(c)}
+        total = sum(weights.values())
+        return {t: w / total for t, w in weights.items()}
+
+    return _draft_round(tokens, known, order, start, k, u, rule)
 
 
 def context_ngram_draft(tokens: list[int], known: list[bool], order: list[int], start: int, k: int,
@@ -262,16 +254,27 @@ def context_ngram_draft(tokens: list[int], known: list[bool], order: list[int], 
         empty only when no token is known.
     """
     bigrams, unigrams = context_counts(tokens, known)
+
+    def rule(left):
+        c = bigrams[left] if left in bigrams else unigrams
+        if not c:
+            return None
+        total = sum(c.values())
+        return {t: c[t] / total for t in sorted(c)}
+
+    return _draft_round(tokens, known, order, start, k, u, rule)
+
+
+def _draft_round(tokens, known, order, start: int, k: int, u, rule) -> tuple[list[int], list[dict[int, float]]]:
+    """The loop both count drafters share: rank ``start + i`` is drawn from ``rule(left token)``
+    (``None`` ends the round), and the draft becomes the next position's left context."""
     tokens, known = list(tokens), list(known)
     drafts, dists = [], []
     for i in range(k):
         pos = order[start + i]
-        left = _left_token(tokens, known, pos)
-        c = bigrams[left] if left in bigrams else unigrams
-        if not c:
+        dist = rule(_left_token(tokens, known, pos))
+        if dist is None:
             break
-        total = sum(c.values())
-        dist = {t: c[t] / total for t in sorted(c)}
         tok = _inverse_cdf(dist, u[i])
         tokens[pos], known[pos] = tok, True
         drafts.append(tok)
