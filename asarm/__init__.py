@@ -5,7 +5,8 @@ Sampling and Speculative Decoding" (arXiv 2504.20456).
 """
 
 from . import orders
-from .model import ASARM, PlainDecoder
+from .decoders import PlainDecoder
+from .model import ASARM
 from .sampling import NonFiniteLogitsError, SampleOutput, sample
 from .tokenizer import XLNET_SPECIAL_TOKENS, build_local_tokenizer, load_tokenizer
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import torch
 
-from .orders import order_to_pos
+from .orders import order_to_pos, visible_ranks
 
 # Most entries (R x H x streams x (L + 2N)) that the attention of one chunk of new streams may
 # build: 2**24 float32 scores are 64 MiB per tensor. Without the chunking, a 15k-token prompt's first
@@ -119,12 +119,12 @@ def stream_masks(q_pos, key_pos, limit, n: int):
 
 
 class CachedDecoder:
-    """Decoder backend with a per-layer content-stream K/V cache; same contract as ``PlainDecoder``.
+    """Decoder backend with a per-layer content-stream K/V cache; ``asarm.decoders.Decoder``.
 
     Built once per sampling run for a batch of ``B`` rows with orders ``sigma``
     ``(B, N)`` and prompt sizes ``num_visible`` ``(B,)``. Calls may pass any
     subset of rows; each row's cache lives in slot ``rows[i]``. The logits equal
-    ``PlainDecoder``'s up to float rounding for every call pattern (tokens of any
+    ``asarm.decoders.PlainDecoder``'s up to float rounding for every call pattern (tokens of any
     rank may change between calls; the cache notices and recomputes).
 
     Attributes:
@@ -188,70 +188,83 @@ class CachedDecoder:
 
     # ------------------------------------------------------------------ the call
     @torch.no_grad()
-    def __call__(self, rows, x, n_known, q_start, q_count, num_queries: int | None = None) -> torch.Tensor:
-        """Logits for a subset of rows (``PlainDecoder.__call__``'s contract).
+    def __call__(self, rows, x, n_known, queries) -> torch.Tensor:
+        """Logits of ``queries`` for a subset of rows (``asarm.decoders.Decoder``'s contract).
 
         Args:
             rows: ``(R,)`` long, distinct indices into the decoder's batch.
             x: ``(R, N)`` the rows' current token ids (unknown ranks hold anything).
-            n_known, q_start, q_count: ``(R,)`` long.
-            num_queries: ``K``, at least ``max(q_count)``.
+            n_known: ``(R,)`` long. queries: ``asarm.decoders.Queries`` ``(R, K)``.
         Returns:
-            ``(R, K, V)`` float32 logits (dropout off in any mode); query slots ``>= q_count`` are padding.
+            ``(R, K, V)`` float32 logits (dropout off in any mode); invalid query slots are padding.
         """
         with self.model.without_dropout():  # the cached keys/values must be those of the deterministic network
-            return self._logits(rows, x, n_known, q_start, q_count, num_queries)
+            return self._logits(rows, x, n_known, queries)
 
-    def _logits(self, rows, x, n_known, q_start, q_count, num_queries):
-        dev, N = x.device, self.N
-        rows, n_known, q_start, q_count = (torch.as_tensor(t, device=dev).long()
-                                           for t in (rows, n_known, q_start, q_count))
-        R = len(rows)
-        K = int(q_count.max()) if num_queries is None else num_queries
-        if R == 0:
-            return torch.zeros(0, K, self.model.vocab_size, device=dev)
-        m, order = self.m[rows], self.pos_of_rank[rows]
-        x_rank = x.gather(1, order)  # (R, N) tokens in rank order
+    def _new_streams(self, rows, x_rank, n_known, queries):
+        """The streams of one pass: content slots for the ranks that became known, then the query slots.
 
-        # ---- the new streams of this pass: U content slots, then K query slots
+        Returns ``(start, U, rank, valid, limit)``: ``(R,)`` ranks still exactly cached, ``U`` content
+        slots per row, and ``(R, U + K)`` ranks, real-slot flags and how many lowest ranks each stream
+        sees (all ``<= n_known``).
+        """
+        dev, N, m = x_rank.device, self.N, self.m[rows]
         start = self._valid_length(rows, x_rank, m)
         new = (n_known - start).clamp(min=0)
         U = int(new.max())
-        t_u, t_k = torch.arange(U, device=dev), torch.arange(K, device=dev)
+        t_u = torch.arange(U, device=dev)
         c_rank, c_valid = start[:, None] + t_u, t_u < new[:, None]
-        q_rank, q_valid = q_start[:, None] + t_k, t_k < q_count[:, None]
-        rank = torch.cat([c_rank, q_rank], 1).clamp(max=N - 1)  # (R, T)
-        valid = torch.cat([c_valid, q_valid], 1)
-
-        # ---- how many lowest ranks each stream sees (see the module docstring); all <= n_known
-        mm, nn_ = m[:, None], n_known[:, None]
-        c_limit = torch.maximum(mm, c_rank + 1)
-        q_limit = torch.where(q_rank >= nn_, nn_, torch.where(q_rank < mm, mm, q_rank))
+        rank = torch.cat([c_rank, queries.rank], 1).clamp(0, N - 1)  # (R, T)
+        valid = torch.cat([c_valid, queries.valid], 1)
+        # content stream of rank r: lower ranks and itself, the whole prompt inside the prompt
+        c_limit = torch.maximum(m[:, None], c_rank + 1)
+        q_limit = visible_ranks(queries.rank, torch.minimum(queries.limit, n_known[:, None]), m[:, None])
         limit = torch.where(valid, torch.cat([c_limit, q_limit], 1), torch.ones_like(rank))  # padding sees rank 0
+        return start, U, rank, valid, limit
+
+    def _logits(self, rows, x, n_known, queries):
+        dev, N = x.device, self.N
+        rows, n_known = (torch.as_tensor(t, device=dev).long() for t in (rows, n_known))
+        R, K = queries.shape
+        if R == 0:
+            return torch.zeros(0, K, self.model.vocab_size, device=dev)
+        order = self.pos_of_rank[rows]
+        x_rank = x.gather(1, order)  # (R, N) tokens in rank order
+        start, U, rank, valid, limit = self._new_streams(rows, x_rank, n_known, queries)
         L = int(n_known.max())
         key_pos, q_pos = order[:, :L], order.gather(1, rank)
+
+        # embeddings: tokens for content streams, XLNet's mask_emb for query streams
+        c_tok = x_rank.gather(1, rank[:, :U])
+        h = self.net.word_embedding(c_tok)
+        s = torch.cat([h, self.net.mask_emb.expand(R, K, -1).to(h.dtype)], 1)  # (R, T, d_model)
+        if self.k_cache is None:
+            self._allocate(self._compute_dtype(dev))
+        c_valid = valid[:, :U]
+        slots = (rows[:, None].expand(R, U)[c_valid], rank[:, :U][c_valid])  # where new keys/values go
+        s = self._layers(s, U, rows, slots, c_valid, (q_pos, key_pos, limit), L)
+
+        # bookkeeping: the new content entries are cached now
+        self.tokens[slots] = c_tok[c_valid]
+        self.length[rows] = torch.maximum(start, n_known)
+        return self.model.xlnet.lm_loss(s[:, U:]).float()
+
+    def _layers(self, s, U, rows, slots, c_valid, geometry, L):
+        """Run the ``(R, T, d_model)`` streams ``s`` through every layer, writing the ``U`` new content
+        streams' keys/values into the cache at ``slots`` first. ``geometry = (q_pos, key_pos, limit)``."""
+        q_pos, key_pos, limit = geometry
+        R, T, N = s.shape[0], s.shape[1], self.N
         # attention in chunks of C streams: (R, C, L) masks and (R, H, C, L + 2N) scores within the budget
-        T = U + K
         C = stream_chunk(R, self.model.config.n_head, T, L, N)
         chunks = [slice(a, min(a + C, T)) for a in range(0, T, C)]
         # one chunk (every call but a long prompt's first): build its masks once for all layers
         masks = stream_masks(q_pos, key_pos, limit, N) if len(chunks) == 1 else None
-
-        # ---- embeddings: tokens for content streams, XLNet's mask_emb for query streams
-        c_tok = x_rank.gather(1, rank[:, :U])
-        h = self.net.word_embedding(c_tok)
-        g = self.net.mask_emb.expand(R, K, -1).to(h.dtype)
-        s = torch.cat([h, g], 1)  # (R, T, d_model)
-
-        if self.k_cache is None:
-            self._allocate(self._compute_dtype(dev))
-        w_row, w_slot = rows[:, None].expand(R, U)[c_valid], c_rank[c_valid]  # where new keys/values go
         for layer, kc, vc, rel_k in zip(self.net.layer, self.k_cache, self.v_cache, self.rel_k):
             att = layer.rel_attn
             if U:
                 hc = s[:, :U][c_valid]  # (P, d_model) real new content streams
-                kc[w_row, :, w_slot] = (hc @ att.k.flatten(1)).unflatten(-1, att.k.shape[1:]).to(kc.dtype)
-                vc[w_row, :, w_slot] = (hc @ att.v.flatten(1)).unflatten(-1, att.v.shape[1:]).to(vc.dtype)
+                kc[slots[0], :, slots[1]] = (hc @ att.k.flatten(1)).unflatten(-1, att.k.shape[1:]).to(kc.dtype)
+                vc[slots[0], :, slots[1]] = (hc @ att.v.flatten(1)).unflatten(-1, att.v.shape[1:]).to(vc.dtype)
             q = (s @ att.q.flatten(1)).unflatten(-1, att.q.shape[1:])  # (R, T, H, D)
             k_l, v_l = self._select(kc, rows, L), self._select(vc, rows, L)
             if masks is not None:
@@ -266,11 +279,7 @@ class CachedDecoder:
             # HF's post_attention, as a matmul on a view of `o` (its einsum copies the weight every call)
             s = att.layer_norm(s + out.flatten(2) @ att.o.flatten(1).t())
             s = layer.ff(s)  # same weights for both streams
-
-        # ---- bookkeeping: the new content entries are cached now
-        self.tokens[w_row, w_slot] = c_tok[c_valid]
-        self.length[rows] = torch.maximum(start, n_known)
-        return self.model.xlnet.lm_loss(s[:, U:]).float()
+        return s
 
     def _compute_dtype(self, device):
         if torch.is_autocast_enabled(device.type):

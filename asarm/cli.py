@@ -1,7 +1,8 @@
 """The ``asarm`` command line (also ``python -m asarm``).
 
 Each subcommand lives in its own module and registers itself through a
-``register(subparsers)`` function listed in ``COMMANDS``.
+``register(subparsers)`` function; ``build_parser`` calls the ones in
+``COMMANDS`` (plain imports: follow them with grep or an IDE).
 """
 
 from __future__ import annotations
@@ -12,105 +13,13 @@ import re
 import sys
 import time
 
-COMMANDS = [
-    "asarm.cli:register_infill",
-    "asarm.train:register_train",
-    "asarm.evaluation.speculative:register",
-    "asarm.evaluation.infill_nlp:register",
-    "asarm.evaluation.infill_code:register",
-    "asarm.evaluation.density:register",
-    "asarm.evaluation.runner:register_merge",
-    "asarm.evaluation.quickstart:register",
-]
+from .loading import add_model_arguments, load_model_and_tokenizer, resolve_revision
+
 
 MASK_SPAN = re.compile(r"\[MASK:([0-9]+)\]")  # ASCII digits only: int() would also take other scripts' digits
 MASK_LIKE = re.compile(r"\[\s*mask", re.IGNORECASE)  # where a marker was meant; each must be a valid MASK_SPAN
 MAX_NEW_TOKENS = 100_000  # default cap on the [MASK:n] total, checked before anything is allocated
 DEBUG_ENV = "ASARM_DEBUG"
-TINY = "tiny"
-ASARM_HUB_ID = "therealgabeguo/ASARM"
-TINY_CONFIG = dict(d_model=64, n_layer=2, n_head=4, d_inner=128)
-FALLBACK_TOKENIZER = "xlnet/xlnet-base-cased"  # for a hub id, or a local model directory saved without its tokenizer
-
-
-def add_model_arguments(p: argparse.ArgumentParser, asarm_revision: str = "nlp") -> None:
-    """Options shared by every command that loads a model. ``asarm_revision``: the revision
-    used when ``--model`` is the released AS-ARM repository and no ``--revision`` is given."""
-    p.add_argument("--model", default=ASARM_HUB_ID,
-                   help=f"local directory or hub id (default: %(default)s); '{TINY}' builds a tiny RANDOM model "
-                        "with the offline tokenizer, for trying the commands without a checkpoint")
-    p.add_argument("--revision", default=None,
-                   help=f"hub revision; for {ASARM_HUB_ID} (nlp, nlp_210k_plus_75k or code) the default is "
-                        f"{asarm_revision}")
-    p.set_defaults(asarm_revision=asarm_revision)
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: the model's, else xlnet-base-cased)")
-    p.add_argument("--device", default="auto", type=device_argument,
-                   help="auto, cpu, cuda, cuda:1, ... or mps (default: %(default)s)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default: %(default)s)")
-
-
-def device_argument(name: str) -> str:
-    """argparse ``type=`` for ``--device``: a misspelled device is a usage error listing the valid ones."""
-    from .utils import check_device_name
-
-    try:
-        return check_device_name(name)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def resolve_revision(args) -> None:
-    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch)."""
-    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID:
-        args.revision = args.asarm_revision
-
-
-def load_model_and_tokenizer(args):
-    """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
-    from .model import ASARM
-    from .tokenizer import build_local_tokenizer, load_tokenizer
-    from .utils import resolve_device, resolve_dtype
-
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    resolve_revision(args)
-    if args.model == TINY:
-        from .data import stdlib_texts
-
-        print("note: --model tiny is a RANDOMLY INITIALISED model: its text is gibberish; "
-              "it only shows the commands working offline.", file=sys.stderr)
-        tokenizer = build_local_tokenizer(stdlib_texts(300_000), vocab_size=1000)
-        model = ASARM.from_config(tokenizer=tokenizer, seed=0, **TINY_CONFIG)
-    else:
-        from transformers import AutoConfig
-
-        from .hub import load_or_explain
-
-        # The model first (its small config): a mistyped --model must fail naming what the user typed,
-        # not after the hub was tried for a fallback tokenizer the model would never have used.
-        load_or_explain(AutoConfig.from_pretrained, args.model, args.revision, "model")
-        tok_src = args.tokenizer
-        if tok_src is None:
-            has_tok = os.path.isdir(args.model) and any(
-                os.path.exists(os.path.join(args.model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json"))
-            tok_src = args.model if has_tok else FALLBACK_TOKENIZER
-        try:
-            tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
-        except OSError as exc:
-            if tok_src != FALLBACK_TOKENIZER:
-                raise
-            raise OSError(f"'{args.model}' comes without a tokenizer, and the fallback {FALLBACK_TOKENIZER} is not "
-                          f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
-        model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
-    if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
-        from .evaluation.protocol import banned_ids_for
-        from .model import ASARM as _ASARM
-
-        code = bool(getattr(args, "code_whitespace", False) or getattr(args, "code", False))
-        model = _ASARM(model.xlnet, model.mask_token_id, banned_ids_for(args.banned, tokenizer, code))
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
-
-
 def parse_mask_spans(text: str, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str | int]:
     """``text`` split into visible pieces (``str``, even positions) and span lengths (``int``, odd positions).
 
@@ -266,13 +175,6 @@ def run_infill(args) -> int:
     return 0
 
 
-def _load(spec: str):
-    import importlib
-
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asarm",
@@ -280,9 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of any error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for spec in COMMANDS:
-        _load(spec)(sub)
+    for register in commands():
+        register(sub)
     return parser
+
+
+def commands():
+    """The ``register(subparsers)`` function of every command, in ``--help`` order."""
+    from . import train
+    from .evaluation import density, infill_code, infill_nlp, quickstart, runner, speculative
+
+    return (register_infill, train.register_train, speculative.register, infill_nlp.register, infill_code.register,
+            density.register, runner.register_merge, quickstart.register)
 
 
 def user_error_message(exc: BaseException) -> str | None:

@@ -9,8 +9,8 @@ is the parallel density estimation ASSD verifies drafts with.
 
 The wrapper adds what sampling needs: the mask token, the ids that are never
 sampled (``banned_token_ids``), log-probabilities with those ids removed, the
-joint log-likelihood of a masked block, and a *decoder* (the backend that the
-sampler calls; see ``PlainDecoder``).
+and the joint log-likelihood of a masked block. The backends the sampler
+calls for logits are in ``asarm.decoders``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ import torch
 from torch import nn
 
 from .hub import load_or_explain
-from .orders import check_order, joint_mask, step_mask, target_mapping
+from .orders import check_order, joint_mask, target_mapping
 from .sampling import check_probabilities, check_temperature
 from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_ids
 
 # Keys under which the AS-ARM's own settings travel inside XLNet's config.json
 # (plain XLNet ignores them, so the directory still loads as XLNetLMHeadModel).
 _CFG_MASK = "asarm_mask_token_id"
-BACKENDS = ("cached", "plain")
 _CFG_BANNED = "asarm_banned_token_ids"
 
 
@@ -279,46 +278,3 @@ class ASARM(nn.Module):
         logp = self.log_probs(logits, temperature)
         token_lp = logp.gather(-1, input_ids.gather(1, positions)[..., None]).squeeze(-1)
         return torch.where(valid, token_lp, torch.zeros_like(token_lp)).sum(-1)
-
-    def decoder(self, sigma: torch.Tensor, num_visible: torch.Tensor, backend: str = "cached"):
-        """The backend the sampler calls for logits: ``"cached"`` (``asarm.cache.CachedDecoder``)
-        or ``"plain"`` (``PlainDecoder``); both answer the same question with the same logits."""
-        if backend == "plain":
-            return PlainDecoder(self, sigma, num_visible)
-        if backend == "cached":
-            from .cache import CachedDecoder
-
-            return CachedDecoder(self, sigma, num_visible)
-        raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-
-
-class PlainDecoder:
-    """The reference backend: every call recomputes every position (as the paper's sampler does).
-
-    A decoder answers one question for the sampler, for a subset of rows:
-    "with the tokens of ranks ``< n_known`` known, what are the logits of the
-    queries at ranks ``q_start .. q_start + q_count - 1``?" (``step_mask``
-    semantics: a query at a known rank sees the lower ranks; a query at an
-    unknown rank sees every known rank). Faster backends answer the same
-    question and the sampling math does not change.
-    """
-
-    def __init__(self, model: ASARM, sigma: torch.Tensor, num_visible: torch.Tensor):
-        self.model, self.sigma, self.num_visible = model, sigma, num_visible
-
-    @torch.no_grad()
-    def __call__(self, rows, x, n_known, q_start, q_count, num_queries: int | None = None) -> torch.Tensor:
-        """Logits for a subset of rows.
-
-        Args:
-            rows: ``(R,)`` long, indices into the batch the decoder was built for.
-            x: ``(R, N)`` the rows' current token ids (unknown ranks hold anything).
-            n_known, q_start, q_count: ``(R,)`` long.
-            num_queries: ``K``, at least ``max(q_count)``.
-        Returns:
-            ``(R, K, V)`` float32 logits (dropout off in any mode); query slots ``>= q_count`` are padding.
-        """
-        sigma, m = self.sigma[rows], self.num_visible[rows]
-        mapping, _, _ = target_mapping(sigma, q_start, q_count, num_queries)
-        with self.model.without_dropout():
-            return self.model(x, step_mask(sigma, m, n_known), mapping)

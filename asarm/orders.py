@@ -165,6 +165,13 @@ def step_mask(sigma: torch.Tensor, num_visible, n_known) -> torch.Tensor:
     return ~may_attend
 
 
+def visible_ranks(rank, limit, num_visible):
+    """How many lowest ranks a query sees: ``limit`` at a rank ``>= limit``; at a known rank ``r < limit``,
+    the ranks below ``r`` (the whole prompt inside the prompt, which is bidirectional). Shapes broadcast."""
+    inside = torch.where(rank < num_visible, num_visible, rank)
+    return torch.where(rank >= limit, limit, inside)
+
+
 def joint_mask(sigma: torch.Tensor, num_visible) -> torch.Tensor:
     """Joint / oracle mask ``(B, N, N)``: ``step_mask`` with every token known."""
     return step_mask(sigma, num_visible, sigma.shape[1])

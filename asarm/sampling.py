@@ -1,52 +1,69 @@
-"""Exact samplers for AS-ARMs: sequential, ASSD (self-draft), and n-gram-draft speculative decoding.
+"""Exact samplers for AS-ARMs: sequential, ASSD (self-draft, optionally one call per round), n-gram drafts.
 
-All three sample the order-``sigma`` autoregressive joint
+Every method samples the order-``sigma`` autoregressive joint
 ``prod_{r >= m} p_T(x at rank r | x at ranks < r)`` of the masked block
-(spec section 5). They differ only in how many network calls that takes
-(``nfe``, "number of function evaluations"):
+(docs/design.md, ASSD round); they differ only in how many network calls that
+takes (``nfe``, "number of function evaluations"). One speculative *round*
+has three named phases:
 
-* ``sequential``: one call per masked token, ``nfe = N - m``.
-* ``assd``: a *draft* call predicts the next ``k`` ranks conditionally
-  independently (draft mask), an *oracle* call scores the drafts jointly
-  (joint mask), and speculative rejection keeps the exact joint. Every
-  two-call round yields at least two tokens, so ``nfe <= N - m``.
-* ``ngram``: drafts come from counts of the row's known tokens (no draft
-  call); each oracle call yields at least one token. Two drafters
-  (``ngram_draft``): ``"bigram"`` (asarm's: tempered bigram counts, the draft
-  stops at the first position without a left token, and every oracle call
-  also queries the rank after the last draft) and ``"paper"`` (the paper's
-  ``ContextNGram``: bigram counts, else unigram counts, untempered; a round
-  whose first position has no known left neighbour is a self-draft ASSD
-  round instead; no extra query).
+1. **draft**: a drafter (``asarm.drafters``) proposes tokens ``d_i ~ q_i`` for
+   the next ranks (the model's draft call, the context's counts, or the
+   drafts the previous oracle call already computed);
+2. **verify**: ONE oracle call scores the drafts with the joint mask, and
+   speculative sampling keeps the longest prefix it accepts
+   (``asarm.acceptance.accept_drafts``);
+3. **correct**: one more token at the first rejected rank from the residual
+   ``max(0, p - q)``, or from the query after the last draft when every
+   draft was kept (the bonus), so every oracle call yields a token.
 
-Draft-only temperature (``temperature_mode="draft"``: the oracle is at
-``T = 1``, so the sample is exact for the ``T = 1`` joint) has two forms
-(``draft_only_temperature``): ``"verify0"`` tempers every draft, draft 0
-included, which must then be verified like the others (a two-call round can
-yield one token, so ``nfe <= N - m`` no longer holds); ``"paper"`` leaves
-draft 0 untempered (it is then exactly ``p_0`` and kept without a test, as
-the paper's ``no_temp_oracle``) and tempers drafts 1.., so the bound holds.
+Sequential decoding is the round with no drafts. The methods:
 
-Rows are batched: each row has its own order, prompt size and progress, and
-finished rows leave the batch. The network is reached only through a
-*decoder* (``ASARM.decoder``), so a faster backend changes nothing here.
+* ``sequential``: ``nfe = N - m``.
+* ``assd``: a draft call + an oracle call per round, at least two tokens
+  per round, so ``nfe <= N - m``. ``lookahead="full" | "cheap"``: the oracle
+  call also computes the next round's drafts (one call per round; see
+  ``asarm.drafters``). ``bonus``: query the rank after the last draft.
+* ``ngram``: drafts from the counts of the row's known tokens (no draft call):
+  ``ngram_draft="bigram"`` (asarm's) or ``"paper"`` (the paper's ContextNGram).
 
-Randomness: every random number is a uniform drawn from ``generator`` (one
-call per draw site and round, shapes fixed by the active rows); tokens come
-from inverse-CDF sampling. The same seed therefore gives the same output, and
-two backends whose logits agree give the same samples.
+Draft-only temperature (``temperature_mode="draft"``: the oracle at ``T = 1``,
+exact for the ``T = 1`` joint) has two forms (``draft_only_temperature``):
+``"verify0"`` tempers every draft, draft 0 included, which must then be
+verified (``nfe <= N - m`` no longer holds); ``"paper"`` leaves draft 0
+untempered (exactly ``p_0``, kept without a test), so the bound holds.
+
+``adaptive_k``: each row's draft length follows its own past (one more after a
+round that kept every draft, else one more than the round kept, at most
+``k``); it depends only on what is known, so sampling stays exact.
+
+Rows are batched: each row has its own order, prompt size, length
+(``lengths``: the ranks from ``lengths[b]`` on are padding, never decoded or
+attended), progress and draft length; finished rows leave the batch. The
+network is reached only through a decoder (``asarm.decoders``).
+
+Randomness: every random number is a uniform drawn from ``generator``. Pass
+one ``torch.Generator`` per row (a list) for per-row streams: each row then
+draws a fixed number of uniforms per phase (``k`` or 1) from its own stream,
+so a row's sample depends only on its own generator, not on the other rows of
+its batch. Tokens come from inverse-CDF sampling, so two backends whose
+logits agree give the same samples.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import operator
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Sequence
 
 import torch
 
+from .acceptance import (NonFiniteLogitsError, accept_drafts, check_probabilities, draft_temperatures,  # noqa: F401
+                         probs_from_logits, residual_probs, sample_from_probs)
+from .decoders import DECODERS, Queries, make_decoder
+from .drafters import DRAFTERS, Draft
 from .orders import order_to_pos, scatter_by_rank
 
 METHODS = ("sequential", "assd", "ngram")
@@ -54,6 +71,7 @@ TEMPERATURE_MODES = ("both", "draft")
 # value names match the protocol fields ``ngram_draft`` / ``draft_only_temperature`` 1:1
 NGRAM_DRAFTS = ("bigram", "paper")
 DRAFT_ONLY_TEMPERATURES = ("verify0", "paper")
+LOOKAHEADS = ("off", "full", "cheap")
 
 
 @dataclass
@@ -64,225 +82,14 @@ class SampleOutput:
         sequences: ``(B, N)`` completed ids.
         nfe: ``(B,)`` network calls made for each row.
         drafted: ``(B,)`` draft tokens sent to an oracle call.
-        accepted: ``(B,)`` of those, the ones kept. In self-draft ASSD draft 0 is kept
-            without a test (``p_0 = q_0``), so ``accepted / drafted`` counts it too.
+        accepted: ``(B,)`` of those, the ones kept. A self draft 0 is kept without a test
+            (``p_0 = q_0``), so ``accepted / drafted`` counts it too.
     """
 
     sequences: torch.Tensor
     nfe: torch.Tensor
     drafted: torch.Tensor
     accepted: torch.Tensor
-
-
-class NonFiniteLogitsError(FloatingPointError, ValueError):
-    """A softmax over the model's logits came out NaN (also a ``ValueError``: it is the input's fault)."""
-
-
-def check_probabilities(out: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``out`` (a softmax or log-softmax of ``logits / temperature``) if it holds no NaN, else raise.
-
-    A NaN there means NaN/inf logits (the model) or ``logits / T`` overflowing to
-    ``inf`` (the temperature); without this check inverse-CDF sampling would
-    silently return the last vocabulary id. One reduction per call; the cause is
-    looked for only after a failure.
-
-    Raises:
-        NonFiniteLogitsError: naming the likely cause and the fix.
-    """
-    if not torch.isnan(out).any():
-        return out
-    if not torch.isfinite(logits).all():
-        raise NonFiniteLogitsError(
-            "the model returned non-finite logits (NaN or inf): its weights are probably NaN/inf (a diverged "
-            "or corrupted checkpoint), or float16 overflowed; check torch.isfinite(p).all() for p in "
-            "model.parameters(), or run in float32/bfloat16")
-    raise NonFiniteLogitsError(
-        f"softmax(logits / temperature) is not finite at temperature={temperature!r}: logits / T overflows "
-        "float32; use a temperature of at least 1e-30 (1e-4 is already practically greedy)")
-
-
-def probs_from_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor) -> torch.Tensor:
-    """``softmax(logits / T)`` with ``banned`` ids at probability 0.
-
-    Args:
-        logits: ``(..., V)``; banned: ``(V,)`` bool.
-    Returns:
-        float32 ``(..., V)``, rows summing to 1.
-    Raises:
-        NonFiniteLogitsError: NaN/inf logits, or ``T`` so small that ``logits / T`` overflows.
-    """
-    z = (logits.float() / temperature).masked_fill(banned, float("-inf"))
-    return check_probabilities(torch.softmax(z, dim=-1), logits, temperature)
-
-
-def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling: the first id whose cumulative mass exceeds ``u * total``.
-
-    Never returns an id of probability 0.
-
-    Args:
-        probs: ``(..., V)`` non-negative (need not be normalised).
-        u: ``(...)`` uniforms in ``[0, 1)``.
-    Returns:
-        ``(...)`` long.
-    """
-    cdf = probs.cumsum(-1)
-    target = (u * cdf[..., -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def residual_probs(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Normalised ``max(0, p - q)``: where to sample after a rejected draft.
-
-    If ``p == q`` everywhere (nothing to correct), returns ``p``.
-    Shapes ``(..., V)``.
-    """
-    r = (p - q).clamp(min=0)
-    total = r.sum(-1, keepdim=True)
-    return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), p)
-
-
-def accept_drafts(p_draft: torch.Tensor, q_draft: torch.Tensor, u: torch.Tensor, valid: torch.Tensor,
-                  r_atol: float = 0.0, accept_first: bool = False) -> torch.Tensor:
-    """How many leading drafts speculative sampling accepts, per row.
-
-    Draft ``i`` passes with probability ``min(1, p_i(d_i) / q_i(d_i) + r_atol)``;
-    the count stops at the first failure. ``r_atol > 0`` is lossy (ablations only).
-
-    Args:
-        p_draft, q_draft: ``(R, K)`` oracle and draft probabilities of the drafted ids.
-        u: ``(R, K)`` uniforms. valid: ``(R, K)`` bool, real drafts (a prefix per row).
-        accept_first: accept draft 0 unconditionally (exact when ``p_0 = q_0``
-            mathematically, as in self-draft ASSD; it removes float noise).
-    Returns:
-        ``(R,)`` long, number of accepted leading drafts.
-    """
-    ok = u * q_draft < p_draft + r_atol * q_draft
-    if accept_first:
-        ok[:, 0] = True
-    ok = ok & valid
-    return ok.long().cumprod(-1).sum(-1)
-
-
-def context_counts(tokens: list[int], known: list[bool]) -> tuple[dict[int, Counter], Counter]:
-    """Bigram and unigram counts of one row's known tokens.
-
-    ``bigrams[a][b]`` counts the adjacent known positions ``(j, j + 1)`` holding
-    ``(a, b)``; ``unigrams[a]`` counts the known positions holding ``a``. These
-    are the counts the paper's ``ContextNGram`` holds at the start of a round
-    (it logs each known position and each known adjacent pair once).
-
-    Args:
-        tokens, known: the row's ids and known flags (length ``N``).
-    """
-    bigrams: dict[int, Counter] = defaultdict(Counter)
-    for j in range(len(tokens) - 1):
-        if known[j] and known[j + 1]:
-            bigrams[tokens[j]][tokens[j + 1]] += 1
-    unigrams = Counter(t for t, kn in zip(tokens, known) if kn)
-    return bigrams, unigrams
-
-
-def _inverse_cdf(dist: dict[int, float], u: float) -> int:
-    """The first id (in ``dist``'s order) whose cumulative probability exceeds ``u``; the last on round-off."""
-    acc = 0.0
-    for t, w in dist.items():
-        acc += w
-        if u < acc:
-            return t
-    return t
-
-
-def _left_token(tokens: list[int], known: list[bool], pos: int) -> int | None:
-    """The token on the left of ``pos`` if that position is known (or drafted), else ``None``."""
-    return tokens[pos - 1] if pos >= 1 and known[pos - 1] else None
-
-
-def context_bigram_draft(tokens: list[int], known: list[bool], order: list[int], start: int, k: int,
-                         u: list[float], temperature: float = 1.0) -> tuple[list[int], list[dict[int, float]]]:
-    """asarm's bigram draft for one row from its known tokens (``ngram_draft="bigram"``).
-
-    Counts every pair of adjacent known positions. The position of rank
-    ``start + i`` is drafted from the counts that follow the token on its
-    left (known, or drafted earlier in this round), tempered as
-    ``count ** (1 / T)``; drafting stops at the first position without such a
-    left context. Exact decoding does not depend on the draft being good: the
-    oracle corrects it.
-
-    Args:
-        tokens, known: the row's ids and known flags (length ``N``).
-        order: ``order_to_pos`` of the row. start: first rank to draft.
-        k: at most this many drafts. u: ``k`` uniforms (one per draft).
-    Returns:
-        ``(drafts, dists)``: drafted ids, and each draft's distribution (id -> prob).
-    """
-    counts, _ = context_counts(tokens, known)
-
-    def rule(left):
-        if left is None or left not in counts:
-            return None
-        c = counts[left]
-        top = max(c.values())  # count ** (1 / T), scaled by the largest count: no overflow at small T
-        weights = {t: math.exp(math.log(c[t] / top) / temperature) for t in sorted(c)}
-        total = sum(weights.values())
-        return {t: w / total for t, w in weights.items()}
-
-    return _draft_round(tokens, known, order, start, k, u, rule)
-
-
-def context_ngram_draft(tokens: list[int], known: list[bool], order: list[int], start: int, k: int,
-                        u: list[float]) -> tuple[list[int], list[dict[int, float]]]:
-    """The paper's n-gram draft for one row (``ngram_draft="paper"``, its ``ContextNGram``).
-
-    The position of rank ``start + i`` is drafted from the bigram counts that
-    follow its left token (known, or drafted earlier in this round) when that
-    token has any; otherwise (no successor counted, or no left token) from
-    the unigram counts of the known tokens. Counts are used as they are (the
-    paper applies no temperature to them) and are not updated with this
-    round's drafts. Drafts all ``k`` positions as long as a known token exists.
-
-    The sampler never calls this for a round whose first position has no
-    known left neighbour: the paper drafts that round with the model
-    (``_ngram``).
-
-    Args:
-        tokens, known: the row's ids and known flags (length ``N``).
-        order: ``order_to_pos`` of the row. start: first rank to draft.
-        k: at most this many drafts. u: ``k`` uniforms (one per draft).
-    Returns:
-        ``(drafts, dists)``: drafted ids, and each draft's distribution (id -> prob),
-        empty only when no token is known.
-    """
-    bigrams, unigrams = context_counts(tokens, known)
-
-    def rule(left):
-        c = bigrams[left] if left in bigrams else unigrams
-        if not c:
-            return None
-        total = sum(c.values())
-        return {t: c[t] / total for t in sorted(c)}
-
-    return _draft_round(tokens, known, order, start, k, u, rule)
-
-
-def _draft_round(tokens, known, order, start: int, k: int, u, rule) -> tuple[list[int], list[dict[int, float]]]:
-    """The loop both count drafters share: rank ``start + i`` is drawn from ``rule(left token)``
-    (``None`` ends the round), and the draft becomes the next position's left context."""
-    tokens, known = list(tokens), list(known)
-    drafts, dists = [], []
-    for i in range(k):
-        pos = order[start + i]
-        dist = rule(_left_token(tokens, known, pos))
-        if dist is None:
-            break
-        tok = _inverse_cdf(dist, u[i])
-        tokens[pos], known[pos] = tok, True
-        drafts.append(tok)
-        dists.append(dist)
-    return drafts, dists
-
-
-# ---------------------------------------------------------------------------- sampler
 def _as_number(value):
     """``value`` as a Python float if it is a real number (int, float, numpy scalar, one-element
     tensor; not bool or str), else ``None``."""
@@ -318,138 +125,266 @@ def check_draft_length(k) -> int:
     return value
 
 
-def _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft, draft_only_temperature):
-    """Validate ``sample``'s options; returns ``(k, temperature, r_atol)`` as Python numbers."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    k = check_draft_length(k)
-    temperature = check_temperature(temperature)
-    if temperature_mode not in TEMPERATURE_MODES:
-        raise ValueError(f"temperature_mode must be one of {TEMPERATURE_MODES}, got {temperature_mode!r}")
-    atol = _as_number(r_atol)
-    if atol is None or not math.isfinite(atol) or atol < 0:
-        raise ValueError(f"r_atol must be a finite number >= 0 (0 keeps sampling exact), got {r_atol!r}")
-    if ngram_draft not in NGRAM_DRAFTS:
-        raise ValueError(f"ngram_draft must be one of {NGRAM_DRAFTS}, got {ngram_draft!r}")
-    if draft_only_temperature not in DRAFT_ONLY_TEMPERATURES:
-        raise ValueError(f"draft_only_temperature must be one of {DRAFT_ONLY_TEMPERATURES}, "
-                         f"got {draft_only_temperature!r}")
-    return k, temperature, atol
+def _choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+    return value
 
 
-def draft_temperatures(temperature: float, temperature_mode: str, draft_only_temperature: str):
-    """The temperatures ``(t_first, t_rest, t_oracle)`` of model draft 0, model drafts 1.., and the oracle.
+# ---------------------------------------------------------------------------- the config
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Every option of the sampler, with its default, validated when built (``ValueError`` naming it).
 
-    ``"both"``: all ``T`` (exact for the tempered joint). ``"draft"``: the oracle
-    at 1 (exact for the ``T = 1`` joint) and drafts 1.. at ``T``; draft 0 at
-    ``T`` (``"verify0"``) or at 1 (``"paper"``: then ``t_first == t_oracle``,
-    so draft 0 is the oracle's own conditional and needs no test).
+    One object travels from the command line (``add_sampling_arguments`` /
+    ``from_args``) or a YAML config to ``sample``, and is written into every
+    results file (``to_dict``). Fields: see ``sample`` and the module docstring.
     """
-    t = float(temperature)
-    if temperature_mode == "both":
-        return t, t, t
-    return (1.0 if draft_only_temperature == "paper" else t), t, 1.0
+
+    method: str = "assd"
+    k: int = 5
+    temperature: float = 1.0
+    temperature_mode: str = "both"
+    draft_only_temperature: str = "verify0"
+    bonus: bool = False
+    r_atol: float = 0.0
+    ngram_draft: str = "bigram"
+    lookahead: str = "off"
+    adaptive_k: bool = False
+    backend: str = "cached"
+
+    def __post_init__(self):
+        _choice("method", self.method, METHODS)
+        object.__setattr__(self, "k", check_draft_length(self.k))
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        _choice("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)
+        _choice("draft_only_temperature", self.draft_only_temperature, DRAFT_ONLY_TEMPERATURES)
+        _choice("ngram_draft", self.ngram_draft, NGRAM_DRAFTS)
+        _choice("lookahead", self.lookahead, LOOKAHEADS)
+        _choice("decoding backend", self.backend, tuple(DECODERS))
+        atol = _as_number(self.r_atol)
+        if atol is None or not math.isfinite(atol) or atol < 0:
+            raise ValueError(f"r_atol must be a finite number >= 0 (0 keeps sampling exact), got {self.r_atol!r}")
+        object.__setattr__(self, "r_atol", atol)
+        for name in ("bonus", "adaptive_k"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.lookahead != "off" and self.method != "assd":
+            raise ValueError(f"lookahead={self.lookahead!r} needs method 'assd' (it drafts with the model), "
+                             f"got method {self.method!r}")
+
+    @property
+    def drafter(self) -> str:
+        """The name in ``asarm.drafters.DRAFTERS`` of this config's proposals."""
+        if self.method == "sequential":
+            return "none"
+        if self.method == "ngram":
+            return "bigram" if self.ngram_draft == "bigram" else "ngram-paper"
+        return "self" if self.lookahead == "off" else f"lookahead-{self.lookahead}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "SamplingConfig":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **defaults) -> "SamplingConfig":
+        """The config of ``add_sampling_arguments``'s options: a value given on the command line wins,
+        then ``defaults`` (e.g. a protocol's), then the field's default."""
+        values = {f.name: defaults[f.name] for f in fields(cls) if f.name in defaults}
+        for f in fields(cls):
+            if getattr(args, f.name, None) is not None:
+                values[f.name] = getattr(args, f.name)
+        return cls(**values)
 
 
+_FLAG_HELP = {
+    "method": "sequential, assd or ngram",
+    "k": "draft length of assd/ngram, an integer >= 1 (the paper's default is 5, its infilling scripts use 10)",
+    "temperature": "T > 0",
+    "temperature_mode": "both: draft and oracle at T (the tempered joint); draft: drafts only (the T = 1 joint)",
+    "draft_only_temperature": "with --temperature-mode draft: verify0 tempers and verifies draft 0 (asarm); "
+                              "paper leaves it untempered and keeps it (keeps NFE <= N - m)",
+    "bonus": "assd: when every draft is kept, one more token from the oracle call's query after the last draft",
+    "r_atol": "slack added to the acceptance ratio; LOSSY, for the paper's ablation only",
+    "ngram_draft": "ngram drafter: bigram (asarm's) or paper (bigram, else unigram counts, else a model draft)",
+    "lookahead": "assd: off (two calls a round, the paper's), full or cheap (one call a round, lossless)",
+    "adaptive_k": "per-row draft length from the row's own acceptance, at most --k (lossless)",
+    "backend": "cached (content-stream K/V cache) or plain (recompute everything, the paper's); same samples",
+}
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
+                           defaults: dict | None = None) -> None:
+    """One flag per ``SamplingConfig`` field (``--k``, ``--temperature-mode``, ``--bonus/--no-bonus``...),
+    each defaulting to ``None`` ("not given"), so that ``SamplingConfig.from_args`` can tell a given
+    value from a default. ``skip``: fields the command sets itself (e.g. ``method`` where it compares
+    several); ``defaults``: values shown in ``--help`` where a command's default differs."""
+    shown = SamplingConfig().to_dict() | (defaults or {})
+    for f in fields(SamplingConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{_FLAG_HELP[f.name]} (default: {shown[f.name]})"
+        choices = {"method": METHODS, "temperature_mode": TEMPERATURE_MODES, "ngram_draft": NGRAM_DRAFTS,
+                   "draft_only_temperature": DRAFT_ONLY_TEMPERATURES, "lookahead": LOOKAHEADS,
+                   "backend": tuple(DECODERS)}.get(f.name)
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif choices:
+            parser.add_argument(flag, default=None, choices=choices, help=help_text)
+        else:
+            parser.add_argument(flag, type={"k": int}.get(f.name, float), default=None, help=help_text)
+
+
+# ---------------------------------------------------------------------------- the sampler's state
 class _Run:
-    """Mutable state of one batched sampling run (kept out of the math above)."""
+    """Mutable state of one batched sampling run (kept out of the math)."""
 
-    def __init__(self, model, input_ids, sigma, num_visible, generator, backend):
-        self.model = model
+    def __init__(self, model, input_ids, sigma, num_visible, lengths, config, generator, decoder):
         self.x = input_ids.clone()
-        self.sigma = sigma
-        self.order = order_to_pos(sigma)  # position of each rank, computed once
-        self.n = num_visible.clone()
-        self.N = input_ids.shape[1]
-        self.nfe = torch.zeros_like(num_visible)
-        self.drafted = torch.zeros_like(num_visible)
-        self.accepted = torch.zeros_like(num_visible)
-        self.decoder = model.decoder(sigma, num_visible, backend)
+        self.sigma, self.order = sigma, order_to_pos(sigma)  # position of each rank, computed once
+        self.n, self.end = num_visible.clone(), lengths
+        self.nfe, self.drafted, self.accepted = (torch.zeros_like(num_visible) for _ in range(3))
+        self.k = config.k
+        self.k_row = torch.full_like(num_visible, config.k)  # per-row draft length (adaptive_k changes it)
+        self.temps = draft_temperatures(config.temperature, config.temperature_mode, config.draft_only_temperature)
+        self.banned, self.vocab = model.banned, model.vocab_size
+        self.decoder = make_decoder(decoder or config.backend, model, sigma, num_visible)
         self.generator = generator
-        self.banned = model.banned
 
-    def rand(self, *shape):
-        g = self.generator
-        dev = g.device if g is not None else self.x.device
-        return torch.rand(*shape, generator=g, device=dev).to(self.x.device)
+    def rand(self, rows, width: int | None = None) -> torch.Tensor:
+        """``(R, width)`` uniforms (``width`` defaults to ``k``): from each row's own generator when
+        ``generator`` is a list, else from the shared one."""
+        width = self.k if width is None else width
+        g, dev = self.generator, self.x.device
+        if isinstance(g, (list, tuple)):
+            if not len(rows):
+                return torch.zeros(0, width, device=dev)
+            return torch.stack([torch.rand(width, generator=g[r], device=g[r].device) for r in rows.tolist()]).to(dev)
+        return torch.rand(len(rows), width, generator=g, device=g.device if g is not None else dev).to(dev)
 
     def active(self):
-        return (self.n < self.N).nonzero().squeeze(-1)
+        return (self.n < self.end).nonzero().squeeze(-1)
 
     def write(self, rows, start, tokens, count):
         self.x[rows] = scatter_by_rank(self.x[rows], self.order[rows], start, tokens, count)
 
-    def call(self, rows, n_known, q_start, q_count, num_queries=None):
+    def call(self, rows, n_known, queries: Queries):
         self.nfe[rows] += 1
-        return self.decoder(rows, self.x[rows], n_known, q_start, q_count, num_queries)
+        return self.decoder(rows, self.x[rows], n_known, queries)
 
-    def oracle_round(self, rows, drafts, q_draft, num_drafts, *, T, extra_query, accept_first, r_atol):
-        """Write the drafts, verify them in one oracle call, keep the accepted prefix plus one
-        corrected token (the residual draw after a rejection, or a draw from the query after
-        the last draft when ``extra_query``).
 
-        Args:
-            rows: ``(R,)``; drafts: ``(R, K)``; q_draft: ``(R, K, V)`` draft distributions;
-            num_drafts: ``(R,)`` real drafts per row (a prefix of the K slots).
-        """
-        n = self.n[rows]
-        self.write(rows, n, drafts, num_drafts)
-        extra = (extra_query & (n + num_drafts < self.N)).long()
-        k = drafts.shape[1]
-        logits = self.call(rows, n + num_drafts, n, num_drafts + extra, max(k, int((num_drafts + extra).max())))
-        p = probs_from_logits(logits, T, self.banned)  # (R, K' >= K, V)
-        valid = torch.arange(k, device=n.device)[None, :] < num_drafts[:, None]
-        p_d = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)
-        q_d = q_draft.gather(-1, drafts[..., None]).squeeze(-1)
-        a = accept_drafts(p_d, q_d, self.rand(*drafts.shape), valid, r_atol, accept_first)
-        self.drafted[rows] += num_drafts
-        self.accepted[rows] += a
-        # one more token at rank n + a: residual after a rejection, else the extra query
-        rejected = a < num_drafts
-        idx = a.clamp(max=p.shape[1] - 1)
-        p_a = p[torch.arange(len(rows)), idx]
-        q_a = q_draft[torch.arange(len(rows)), idx.clamp(max=k - 1)]
+# ---------------------------------------------------------------------------- the three phases
+def settle_exact_singletons(run: _Run, rows, draft: Draft):
+    """Rows whose only draft is exact (``q_0 = p_0``, one rank left) keep it without an oracle call;
+    returns the other rows and their drafts."""
+    done = draft.exact_first & (draft.count == 1)
+    if done.any():
+        r = rows[done]
+        run.write(r, run.n[r], draft.tokens[done, :1], draft.count[done])
+        run.n[r] += 1
+    return rows[~done], draft.select(~done)
+
+
+def verify(run: _Run, rows, draft: Draft, drafter, r_atol: float):
+    """Write the drafts, score them in ONE oracle call, and count the accepted prefix.
+
+    Returns ``(accepted (R,), p (R, K + 1, V), extra (R,) bool, lookahead logits (R, J, V))``: ``p`` is
+    the oracle at each draft's rank and at the rank after the last draft (queried where ``extra``).
+    """
+    n, K = run.n[rows], draft.tokens.shape[1]
+    run.write(rows, n, draft.tokens, draft.count)
+    extra = draft.extra_query & (n + draft.count < run.end[rows])
+    n_known = n + draft.count
+    queries = Queries.span(n_known, n, draft.count + extra.long(), K + 1)
+    more = drafter.lookahead_queries(run, rows, draft)
+    if more is not None:
+        queries = Queries(*(torch.cat([a, b], 1) for a, b in ((queries.rank, more.rank),
+                                                             (queries.limit, more.limit),
+                                                             (queries.valid, more.valid))))
+    logits = run.call(rows, n_known, queries)
+    p = probs_from_logits(logits[:, :K + 1], run.temps[2], run.banned)
+    p_d = p[:, :K].gather(-1, draft.tokens[..., None]).squeeze(-1)
+    q_d = draft.q.gather(-1, draft.tokens[..., None]).squeeze(-1)
+    valid = torch.arange(K, device=n.device)[None, :] < draft.count[:, None]
+    accepted = accept_drafts(p_d, q_d, run.rand(rows)[:, :K], valid, r_atol, draft.exact_first)
+    return accepted, p, extra, logits[:, K + 1:]
+
+
+def correct(run: _Run, rows, draft: Draft, p, accepted, extra) -> None:
+    """The token at rank ``n + accepted``: from the residual after a rejection, else (when ``extra``)
+    from the query after the last draft; the accepted drafts are already in place."""
+    n, K, ar = run.n[rows], draft.tokens.shape[1], torch.arange(len(rows), device=rows.device)
+    rejected = accepted < draft.count
+    p_a = p[ar, accepted]
+    dist = p_a
+    if K:
+        q_a = draft.q[ar, accepted.clamp(max=K - 1)]
         dist = torch.where(rejected[:, None], residual_probs(p_a, q_a), p_a)
-        tok = sample_from_probs(dist, self.rand(len(rows)))
-        more = (rejected | (extra > 0)).long()
-        # accepted drafts are already in x; write the corrected / extra token at rank n + a
-        self.write(rows, n + a, tok[:, None], more)
-        self.n[rows] = n + a + more
+    tok = sample_from_probs(dist, run.rand(rows, 1)[:, 0])
+    more = (rejected | extra).long()
+    run.write(rows, n + accepted, tok[:, None], more)
+    run.n[rows] = n + accepted + more
+    run.drafted[rows] += draft.count
+    run.accepted[rows] += accepted
+
+
+def next_draft_length(k, drafted, accepted, k_max: int):
+    """Adaptive draft length: ``k + 1`` after a round that kept all its drafts, else ``accepted + 1``,
+    within ``[1, k_max]``. A function of the row's past only, so it keeps sampling exact. Shapes ``(R,)``."""
+    return torch.where(accepted >= drafted, k + 1, accepted + 1).clamp(1, k_max)
+
+
+def speculative_round(run: _Run, rows, drafter, config: SamplingConfig) -> None:
+    """One round for ``rows``: draft, verify, correct (module docstring)."""
+    draft = drafter.propose(run, rows, run.k_row[rows])
+    rows, draft = settle_exact_singletons(run, rows, draft)
+    if not len(rows):
+        return
+    n = run.n[rows]
+    accepted, p, extra, lookahead = verify(run, rows, draft, drafter, config.r_atol)
+    correct(run, rows, draft, p, accepted, extra)
+    drafter.receive(run, rows, n, accepted, lookahead)
+    if config.adaptive_k:
+        run.k_row[rows] = next_draft_length(run.k_row[rows], draft.count, accepted, config.k)
+
+
+# ---------------------------------------------------------------------------- the entry point
+def _inputs(model, input_ids, sigma, num_visible, lengths):
+    """Checked ``(input_ids, sigma, num_visible, lengths)`` as long tensors on the model's device."""
+    if not isinstance(num_visible, torch.Tensor):
+        num_visible = torch.as_tensor(num_visible, device=input_ids.device)
+    model.check_inputs(input_ids, sigma, num_visible)
+    N = input_ids.shape[1]
+    lengths = torch.full_like(num_visible, N) if lengths is None else torch.as_tensor(lengths).to(num_visible.device)
+    if lengths.shape != num_visible.shape or bool(((lengths < num_visible) | (lengths > N)).any()):
+        raise ValueError(f"lengths must have shape ({input_ids.shape[0]},) with num_visible <= lengths <= N = {N}, "
+                         f"got {lengths.tolist()}")
+    return tuple(t.to(model.device, torch.long) for t in (input_ids, sigma, num_visible, lengths))
 
 
 @torch.no_grad()
-def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor, *,
-           method: str = "assd", k: int = 5, temperature: float = 1.0, temperature_mode: str = "both",
-           r_atol: float = 0.0, bonus: bool = False, ngram_draft: str = "bigram",
-           draft_only_temperature: str = "verify0", generator: torch.Generator | None = None,
-           backend: str = "cached") -> SampleOutput:
+def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor,
+           config: SamplingConfig | None = None, *, generator=None, lengths=None, decoder=None,
+           **options) -> SampleOutput:
     """Complete the masked positions of every row by sampling the order-``sigma`` joint.
 
     Args:
         model: an ``ASARM``.
-        input_ids: ``(B, N)`` ids; positions with ``sigma >= num_visible`` are
-            overwritten (they usually hold ``model.mask_token_id``).
+        input_ids: ``(B, N)`` ids; positions with ``sigma >= num_visible`` are overwritten
+            (they usually hold ``model.mask_token_id``).
         sigma: ``(B, N)`` orders (``asarm.orders``); num_visible: ``(B,)`` prompt sizes ``m``.
-        method: ``"sequential"``, ``"assd"`` or ``"ngram"``.
-        k: draft length (ASSD and n-gram), an integer >= 1 (numpy / 0-d tensor ints too).
-        temperature: finite ``T > 0`` (numpy / 0-d tensor scalars too), applied to draft and oracle (``temperature_mode="both"``,
-            exact for the tempered joint) or to the drafts only (``"draft"``: exact for
-            the ``T = 1`` joint; see ``draft_only_temperature``).
-        r_atol: slack added to the acceptance ratio. LOSSY: ablations only.
-        bonus: ASSD only: when every draft is accepted, one more token from the
-            oracle call's query at the next rank (lossless; off by default so that
-            call counts match the paper's definition).
-        ngram_draft: method ``"ngram"`` only: ``"bigram"`` (asarm's drafter,
-            ``context_bigram_draft``, plus a query after the last draft) or ``"paper"``
-            (the paper's: ``context_ngram_draft``, a self-draft ASSD round where the
-            first position has no known left neighbour, no extra query).
-        draft_only_temperature: ``temperature_mode="draft"`` only (ignored otherwise):
-            ``"verify0"`` tempers model draft 0 and verifies it (``nfe`` may exceed
-            ``N - m``); ``"paper"`` draws draft 0 untempered, so it is kept without a
-            test and ``nfe <= N - m``.
-        generator: ``torch.Generator`` for reproducible sampling.
-        backend: ``"cached"`` (content-stream K/V cache, ``asarm.cache``) or ``"plain"``
-            (recomputes every position at every call, as the paper's code). Same samples.
+        config: a ``SamplingConfig``; ``options`` (its field names: ``method="assd"``, ``k=5``,
+            ``temperature=1.0``, ``temperature_mode``, ``draft_only_temperature``, ``bonus``,
+            ``r_atol`` (LOSSY), ``ngram_draft``, ``lookahead``, ``adaptive_k``, ``backend``)
+            override it or build one. ``backend`` may also be a decoder class or instance.
+        generator: a ``torch.Generator``, or a list of ``B`` (per-row random streams).
+        lengths: ``(B,)`` real length of each row (default ``N``); the ranks from
+            ``lengths[b]`` on must be the row's padding.
+        decoder: a decoder class (built as ``decoder(model, sigma, num_visible)``) or instance
+            (``asarm.decoders``), instead of ``config.backend``.
     Returns:
         ``SampleOutput`` with ``sequences (B, N)`` and ``nfe (B,)``.
     Raises:
@@ -458,101 +393,16 @@ def sample(model, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: tor
 
     Dropout is off during the run whatever mode ``model`` is in; its mode is restored.
     """
-    k, temperature, r_atol = _check_args(method, k, temperature, temperature_mode, r_atol, ngram_draft,
-                                         draft_only_temperature)
-    num_visible = torch.as_tensor(num_visible, device=input_ids.device) if not isinstance(num_visible, torch.Tensor) else num_visible
-    model.check_inputs(input_ids, sigma, num_visible)
-    input_ids, sigma, num_visible = (t.to(model.device, torch.long) for t in (input_ids, sigma, num_visible))
-    temps = draft_temperatures(temperature, temperature_mode, draft_only_temperature)
+    if "backend" in options and not isinstance(options["backend"], str):
+        decoder = options.pop("backend")
+    config = (config or SamplingConfig()).replace(**options) if options else (config or SamplingConfig())
+    if isinstance(generator, (list, tuple)) and len(generator) != input_ids.shape[0]:
+        raise ValueError(f"generator: {len(generator)} generators for {input_ids.shape[0]} rows; pass one per row")
+    input_ids, sigma, num_visible, lengths = _inputs(model, input_ids, sigma, num_visible, lengths)
     # exact only for the deterministic network: dropout off whatever mode the caller left the model in
     with model.without_dropout():
-        run = _Run(model, input_ids, sigma, num_visible, generator, backend)
-        if method == "sequential":
-            _sequential(run, temps[2])
-        elif method == "assd":
-            while len(rows := run.active()):
-                _assd_round(run, rows, k, temps, r_atol, bonus)
-        else:
-            _ngram(run, k, temps, r_atol, ngram_draft)
+        run = _Run(model, input_ids, sigma, num_visible, lengths, config, generator, decoder)
+        drafter = DRAFTERS[config.drafter](config)
+        while len(rows := run.active()):
+            speculative_round(run, rows, drafter, config)
     return SampleOutput(run.x, run.nfe, run.drafted, run.accepted)
-
-
-def _sequential(run: _Run, t_oracle):
-    while len(rows := run.active()):
-        n = run.n[rows]
-        one = torch.ones_like(n)
-        p = probs_from_logits(run.call(rows, n, n, one), t_oracle, run.banned)
-        tok = sample_from_probs(p[:, 0], run.rand(len(rows)))
-        run.write(rows, n, tok[:, None], one)
-        run.n[rows] = n + 1
-
-
-def _assd_round(run: _Run, rows, k, temps, r_atol, bonus):
-    """One self-draft round for ``rows``: a draft call, then (unless one token is left) an oracle call."""
-    t_first, t_draft, t_oracle = temps
-    exact_draft = t_first == t_oracle  # then q_0 = p_0: draft 0 needs no verification
-    n = run.n[rows]
-    kk = (run.N - n).clamp(max=k)
-    logits = run.call(rows, n, n, kk)
-    q = probs_from_logits(logits, t_draft, run.banned)  # (R, K, V)
-    if t_first != t_draft:
-        q[:, 0] = probs_from_logits(logits[:, 0], t_first, run.banned)
-    drafts = sample_from_probs(q, run.rand(*q.shape[:2]))
-    if exact_draft:
-        # a row with one token left keeps its draft: it is the exact conditional
-        last = kk == 1
-        if last.any():
-            run.write(rows[last], n[last], drafts[last, :1], kk[last])
-            run.n[rows[last]] = n[last] + 1
-        keep = ~last
-        rows, drafts, q, kk = rows[keep], drafts[keep], q[keep], kk[keep]
-        if not len(rows):
-            return
-    run.oracle_round(rows, drafts, q, kk, T=t_oracle, extra_query=bonus, accept_first=exact_draft,
-                     r_atol=r_atol)
-
-
-def _ngram(run: _Run, k, temps, r_atol, ngram_draft):
-    t_first, t_draft, t_oracle = temps
-    paper = ngram_draft == "paper"
-    vocab = run.model.vocab_size
-    while len(rows := run.active()):
-        if paper:
-            # the paper drafts with the model when the first position has no left token
-            # (its ``order_to_pos[n] == 0``; with other orders also an unknown left neighbour)
-            n = run.n[rows]
-            pos = run.order[rows].gather(1, n[:, None]).squeeze(1)
-            left_rank = run.sigma[rows].gather(1, (pos - 1).clamp(min=0)[:, None]).squeeze(1)
-            by_model = (pos == 0) | (left_rank >= n)
-            if by_model.any():
-                _assd_round(run, rows[by_model], k, temps, r_atol, bonus=False)
-                rows = rows[~by_model]
-                if not len(rows):
-                    continue
-        n = run.n[rows]
-        u = run.rand(len(rows), k).tolist()
-        x = run.x[rows].tolist()
-        known = (run.sigma[rows] < n[:, None]).tolist()
-        order = run.order[rows].tolist()
-        if paper:
-            # no extra query: every rank left may be drafted; >= 1 draft per row since m >= 1
-            room = (run.N - n).clamp(max=k).tolist()
-            drafted = [context_ngram_draft(x[r], known[r], order[r], int(n[r]), room[r], u[r])
-                       for r in range(len(rows))]
-        else:
-            # leave room for the query after the last draft: each call yields >= 1 token
-            room = (run.N - 1 - n).clamp(min=0, max=k).tolist()
-            drafted = [context_bigram_draft(x[r], known[r], order[r], int(n[r]), room[r], u[r], t_draft)
-                       for r in range(len(rows))]
-        width = max(1, max(len(d) for d, _ in drafted))
-        drafts = torch.zeros(len(rows), width, dtype=torch.long)
-        q = torch.zeros(len(rows), width, vocab)
-        q[:, :, 0] = 1.0  # padding slots: any valid distribution (never verified)
-        for r, (toks, dists) in enumerate(drafted):
-            for i, (tok, dist) in enumerate(zip(toks, dists)):
-                drafts[r, i] = tok
-                q[r, i, 0] = 0.0
-                q[r, i, list(dist)] = torch.tensor(list(dist.values()))
-        num = torch.tensor([len(d) for d, _ in drafted], device=n.device)
-        run.oracle_round(rows, drafts.to(n.device), q.to(n.device), num, T=t_oracle, extra_query=not paper,
-                         accept_first=False, r_atol=r_atol)

@@ -102,3 +102,19 @@ def random_batch(model, b: int = 6, n: int = 24, seed: int = 0):
     x = torch.randint(len(XLNET_SPECIAL_TOKENS), model.vocab_size, (b, n), generator=g)
     x = torch.where(sigma < m[:, None], x, torch.full_like(x, model.mask_token_id))
     return x, sigma, m
+
+
+def recording_decoder(calls: list, base=None):
+    """A decoder class (inject with ``sample(..., decoder=...)``) that answers as ``base`` (default
+    ``PlainDecoder``) and appends ``(n_known, [valid query ranks per row])`` of every call to ``calls``."""
+    from asarm.decoders import PlainDecoder
+
+    base = base or PlainDecoder
+
+    class Recording(base):
+        def __call__(self, rows, x, n_known, queries):
+            ranks = [[int(r) for r, ok in zip(rr, vv) if ok] for rr, vv in zip(queries.rank, queries.valid)]
+            calls.append((n_known.tolist(), ranks))
+            return super().__call__(rows, x, n_known, queries)
+
+    return Recording

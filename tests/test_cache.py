@@ -19,7 +19,7 @@ import asarm
 from asarm import ASARM, orders
 from asarm import cache
 from asarm.cache import CachedDecoder, attend, cache_bytes_per_token_per_layer, stream_chunk
-from asarm.model import PlainDecoder
+from asarm.decoders import PlainDecoder, Queries
 
 ATOL = 1e-5
 VOCAB = 64
@@ -58,26 +58,20 @@ class TwinDecoder:
         self.plain, self.cached = PlainDecoder(model, sigma, m), CachedDecoder(model, sigma, m)
         self.calls, self.worst = 0, 0.0
 
-    def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None):
-        a = self.plain(rows, x, n_known, q_start, q_count, num_queries)
-        b = self.cached(rows, x, n_known, q_start, q_count, num_queries)
+    def __call__(self, rows, x, n_known, queries):
+        a = self.plain(rows, x, n_known, queries)
+        b = self.cached(rows, x, n_known, queries)
         assert a.shape == b.shape
-        real = torch.arange(a.shape[1])[None, :] < q_count[:, None]  # padding slots are not part of the contract
+        real = queries.valid  # padding slots are not part of the contract
         self.worst = max(self.worst, (a - b).abs()[real].max().item())
         self.calls += 1
         return a
 
 
-def twin_sample(model, monkeypatch, x, sigma, m, **kwargs):
-    twins = []
-
-    def decoder(sigma_, m_, backend="plain"):
-        twins.append(TwinDecoder(model, sigma_, m_))
-        return twins[-1]
-
-    monkeypatch.setattr(model, "decoder", decoder)
-    out = asarm.sample(model, x, sigma, m, generator=torch.Generator().manual_seed(0), **kwargs)
-    return out, twins[0]
+def twin_sample(model, x, sigma, m, **kwargs):
+    twin = TwinDecoder(model, sigma, m)
+    out = asarm.sample(model, x, sigma, m, generator=torch.Generator().manual_seed(0), decoder=twin, **kwargs)
+    return out, twin
 
 
 # ---------------------------------------------------------------------------- parity over full decodes
@@ -92,20 +86,20 @@ DECODES = {
 
 
 @pytest.mark.parametrize("case", list(DECODES))
-def test_every_call_of_a_decode_matches_plain(model, monkeypatch, case):
+def test_every_call_of_a_decode_matches_plain(model, case):
     kind, kwargs = DECODES[case]
     # a batch mixing prompt sizes (rows finish at different times, calls pass row subsets)
     x, sigma, m = make_batch(5, 24, [1, 3, 8, 12, 20], kind, seed=len(case))
-    out, twin = twin_sample(model, monkeypatch, x, sigma, m, **kwargs)
+    out, twin = twin_sample(model, x, sigma, m, **kwargs)
     assert twin.calls == int(out.nfe.max())  # one decoder call per round; the longest row is in every round
     assert twin.worst < ATOL, f"{case}: max |cached - plain| = {twin.worst:.2e}"
     assert ((out.sequences == x) | (sigma >= m[:, None])).all()
 
 
-def test_parity_with_clamped_relative_positions(monkeypatch):
+def test_parity_with_clamped_relative_positions():
     model = make_model(seed=1, clamp_len=5)  # distances beyond 5 share one embedding
     x, sigma, m = make_batch(3, 20, [2, 4, 9], "random", seed=3)
-    _, twin = twin_sample(model, monkeypatch, x, sigma, m, method="assd", k=3)
+    _, twin = twin_sample(model, x, sigma, m, method="assd", k=3)
     assert twin.worst < ATOL
 
 
@@ -133,8 +127,9 @@ def test_random_call_sequences_with_rewrites(model):
                 lo = int(q_start[i]) if torch.rand(1, generator=g) < 0.8 else 0
                 rank = int(torch.randint(lo, N, (1,), generator=g))
                 x[r, pos[r, rank]] = int(torch.randint(10, VOCAB, (1,), generator=g))
-        a = plain(rows, x[rows], n_known, q_start, q_count, num_queries)
-        b = cached(rows, x[rows], n_known, q_start, q_count, num_queries)
+        queries = Queries.span(n_known, q_start, q_count, num_queries)
+        a = plain(rows, x[rows], n_known, queries)
+        b = cached(rows, x[rows], n_known, queries)
         real = torch.arange(num_queries)[None, :] < q_count[:, None]
         if real.any():
             worst = max(worst, (a - b).abs()[real].max().item())
@@ -146,15 +141,15 @@ def test_cache_reuse_is_what_the_issue_asks(model):
     x, sigma, m = make_batch(1, 20, [5], "sorted", seed=0)
     dec = CachedDecoder(model, sigma, m)
     one, rows = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    dec(rows, x, m, m, 4 * one)  # first draft call: the prompt block and 4 queries
+    dec(rows, x, m, Queries.span(m, m, 4 * one))  # first draft call: the prompt block and 4 queries
     assert int(dec.length[0]) == 5
     pos = orders.order_to_pos(sigma)[0]
     x[0, pos[5:9]] = torch.tensor([11, 12, 13, 14])  # drafts written
-    dec(rows, x, m + 4, m, 4 * one)  # oracle: 4 new content streams
+    dec(rows, x, m + 4, Queries.span(m + 4, m, 4 * one))  # oracle: 4 new content streams
     assert int(dec.length[0]) == 9
     x[0, pos[7]] = 20  # rejected at rank 7: residual written, ranks 8.. are stale drafts
     assert int(dec._valid_length(rows, x.gather(1, pos[None]), m)[0]) == 7  # cut at the rewrite
-    dec(rows, x, 8 * one, 8 * one, 4 * one)
+    dec(rows, x, 8 * one, Queries.span(8 * one, 8 * one, 4 * one))
     assert int(dec.length[0]) == 8
 
 
@@ -202,12 +197,12 @@ def test_long_sequence_without_quadratic_tensors():
     model = make_model(seed=5, n_head=H, d_model=d, n_layer=layers, initializer_range=0.02)
     x, sigma, m = make_batch(1, N, [N // 20], "sorted", seed=9)  # ~5% visible, as in the paper
     dec = CachedDecoder(model, sigma, m)
-    model.decoder = lambda *a, **kw: dec  # instance attribute: this model only
     row = torch.zeros(1, dtype=torch.long)
     with LargestTensor() as prompt_pass:  # the prompt pass (the sampler's first call would do the same)
-        dec(row, x, m, m, torch.full((1,), k))
+        dec(row, x, m, Queries.span(m, m, torch.full((1,), k)))
     with LargestTensor() as decoding:  # every later call reuses the cache
-        out = asarm.sample(model, x, sigma, m, method="assd", k=k, generator=torch.Generator().manual_seed(0))
+        out = asarm.sample(model, x, sigma, m, method="assd", k=k, generator=torch.Generator().manual_seed(0),
+                           decoder=dec)  # the decoder that made the prompt pass
     assert (out.sequences != MASK).all()
     # the cache: K and V, 2 * d_model floats per token per layer, for all N tokens, plus a 2N x d table per layer
     assert cache_bytes_per_token_per_layer(model.config) == 2 * d * 4
@@ -217,7 +212,7 @@ def test_long_sequence_without_quadratic_tensors():
     assert decoding.largest <= 4 * N * d
     # ...while a single plain call builds H x N x N attention scores
     with LargestTensor() as plain_call:
-        PlainDecoder(model, sigma, m)(row, x, m, m, torch.full((1,), k))
+        PlainDecoder(model, sigma, m)(row, x, m, Queries.span(m, m, torch.full((1,), k)))
     assert plain_call.largest >= H * N * N >= 16 * decoding.largest
 
 
@@ -230,7 +225,7 @@ def test_long_prompt_first_call_stays_within_the_chunk_budget():
     x, sigma, m = make_batch(1, N, [N - 16], "sorted", seed=10)
     row = torch.zeros(1, dtype=torch.long)
     with LargestTensor() as first:
-        logits = CachedDecoder(model, sigma, m)(row, x, m, m, torch.full((1,), k))
+        logits = CachedDecoder(model, sigma, m)(row, x, m, Queries.span(m, m, torch.full((1,), k)))
     assert logits.shape == (1, k, VOCAB) and torch.isfinite(logits).all()
     unchunked = H * (N - 16 + k) * 2 * N
     assert first.largest <= cache.ATTENTION_CHUNK_ELEMENTS < unchunked
@@ -247,7 +242,7 @@ _PEAK_RSS_SCRIPT = textwrap.dedent("""
     sigma = orders.random_sorted_order(1, N, m, generator=torch.Generator().manual_seed(0))
     x = torch.randint(10, 64, (1, N), generator=torch.Generator().manual_seed(1))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    CachedDecoder(model, sigma, m)(torch.zeros(1, dtype=torch.long), x, m, m, torch.full((1,), 5))
+    CachedDecoder(model, sigma, m)(torch.zeros(1, dtype=torch.long), x, m, Queries.span(m, m, torch.full((1,), 5)))
     print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # KiB -> MiB on Linux
 """)
 
@@ -271,11 +266,11 @@ def test_chunked_attention_is_exact_and_memory_linear(monkeypatch):
     x = torch.where(sigma < m[:, None], x.clamp(min=10), torch.full_like(x, MASK))
     rows, q = torch.arange(2), torch.full((2,), 6)
     monkeypatch.setattr(cache, "ATTENTION_CHUNK_ELEMENTS", 1 << 40)
-    whole = CachedDecoder(model, sigma, m)(rows, x, m, m, q)
+    whole = CachedDecoder(model, sigma, m)(rows, x, m, Queries.span(m, m, q))
     monkeypatch.setattr(cache, "ATTENTION_CHUNK_ELEMENTS", 1 << 14)
     assert stream_chunk(2, 2, N - 40 + 6, N - 40, N) == 1  # the budget really forces one stream per chunk
     with LargestTensor() as small:
-        chunked = CachedDecoder(model, sigma, m)(rows, x, m, m, q)
+        chunked = CachedDecoder(model, sigma, m)(rows, x, m, Queries.span(m, m, q))
     torch.testing.assert_close(chunked, whole, atol=ATOL, rtol=0)
     assert small.largest <= 2 * layers * 2 * N * d_inner  # linear in N (quadratic: H x T x 2N ~ 8M)
 
@@ -301,13 +296,13 @@ def test_stream_chunk_contract():
 def test_half_precision_and_autocast_stay_finite_and_close(model):
     x, sigma, m = make_batch(3, 24, [2, 5, 11], "random", seed=6)
     rows, q = torch.arange(3), torch.full((3,), 4)
-    ref = CachedDecoder(model, sigma, m)(rows, x, m, m, q)
+    ref = CachedDecoder(model, sigma, m)(rows, x, m, Queries.span(m, m, q))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         dec = CachedDecoder(model, sigma, m)
-        low = dec(rows, x, m, m, q)
+        low = dec(rows, x, m, Queries.span(m, m, q))
     assert dec.k_cache.dtype == torch.bfloat16  # the cache stores what autocast computes
     half = make_model().to(torch.float16)  # masking constant must be finite in fp16
-    low16 = CachedDecoder(half, sigma, m)(rows, x, m, m, q)
+    low16 = CachedDecoder(half, sigma, m)(rows, x, m, Queries.span(m, m, q))
     for out in (low, low16):
         assert torch.isfinite(out).all()
         assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 0.05

@@ -288,14 +288,13 @@ def test_results_json_is_strict_json(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "a.json").read_text(), parse_constant=no_constants)
     assert data == {"ppl": None, "rows": [1.5, None, None], "np": None, "ok": 2.0, "n": 3}
     # through the runner: a summary with a NaN (an offline judge's perplexity) is written as null
-    (tmp_path / "fake_summary.py").write_text(
-        "def summarize(records, config, out_dir):\n    return {'ppl': float('nan'), 'n': len(records)}, 'table'\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(runner.SUMMARIZERS, "fake", "fake_summary:summarize")
+    def summarize(records, config, out_dir):
+        return {"ppl": float("nan"), "n": len(records)}, "table"
+
     out = tmp_path / "run"
     runner.prepare_output(out, "fake", {}, ["u0"], overwrite=False)
     (out / "samples.shard-0-of-1.jsonl").write_text(json.dumps({"uid": "u0", "records": [{"x": float("nan")}]}) + "\n")
-    runner.finalize(out, quiet=True)
+    runner.finalize(out, quiet=True, summarize=summarize)
     results = json.loads((out / "results.json").read_text(), parse_constant=no_constants)
     assert results["results"] == {"ppl": None, "n": 1}
 

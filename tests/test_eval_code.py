@@ -177,7 +177,8 @@ def test_benchmark_emulates_the_papers_two_bugs(shared_data, local_tokenizer):
 
 def test_protocol_banned_reaches_the_model_and_full_context_samples(shared_data, tiny_model, local_tokenizer,
                                                                       tmp_path):
-    from asarm.cli import build_parser, load_model_and_tokenizer
+    from asarm.cli import build_parser
+    from asarm.loading import load_model_and_tokenizer
     from asarm.data import code_whitespace_ids
     from asarm.evaluation.protocol import apply_protocol
 

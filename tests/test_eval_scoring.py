@@ -72,9 +72,9 @@ def test_scoring_the_export_reproduces_the_generated_runs(tiny_model_dir, shared
 def test_scoring_a_handmade_samples_file(shared_data, tmp_path, monkeypatch):
     """Several rows per task, in any order: each row is run as written, pass@k follows; no model is loaded;
     a rerun into the same folder is a no-op, a changed file is refused as a different run."""
-    import asarm.cli
+    import asarm.loading
 
-    monkeypatch.setattr(asarm.cli, "load_model_and_tokenizer", lambda *a: pytest.fail("scoring loaded a model"))
+    monkeypatch.setattr(asarm.loading, "load_model_and_tokenizer", lambda *a: pytest.fail("scoring loaded a model"))
     data = shared_data / CODE / "HumanEval-SingleLineInfilling.jsonl.gz"
     probs = _problems(shared_data, "HumanEval-SingleLineInfilling.jsonl.gz", 4)
     wrong = "    return None\n"

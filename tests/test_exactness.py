@@ -9,7 +9,6 @@ which shows it has the power to notice a wrong distribution.
 """
 
 import copy
-import importlib.util
 import itertools
 from collections import Counter
 
@@ -19,7 +18,7 @@ import torch
 from scipy import stats
 
 import asarm
-from asarm import orders, sampling
+from asarm import drafters, orders, sampling
 from asarm.tokenizer import XLNET_SPECIAL_TOKENS
 
 NUM_SAMPLES = 20_000
@@ -27,11 +26,7 @@ P_MIN = 1e-3
 USABLE = list(range(len(XLNET_SPECIAL_TOKENS), len(XLNET_SPECIAL_TOKENS) + 6))  # 6 sampleable ids
 N = 6
 
-BACKENDS = [
-    "plain",
-    pytest.param("cached", marks=pytest.mark.skipif(importlib.util.find_spec("asarm.cache") is None,
-                                                     reason="cached backend not available")),
-]
+BACKENDS = ["plain", "cached"]  # a missing backend fails the tests (asarm.decoders imports both)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +108,16 @@ CASES = {
     "ngram_paper_random": ("random", 2, [10, 13], dict(method="ngram", k=3, ngram_draft="paper")),
     "ngram_paper_draft0_paper": ("random", 2, [11, 9], dict(method="ngram", k=3, ngram_draft="paper", temperature=0.6,
                                                             temperature_mode="draft", draft_only_temperature="paper")),
+    # one-call rounds: the oracle call drafts the next round (for every outcome, or from the ranks < n)
+    "lookahead_full": ("random", 2, [10, 13], dict(method="assd", k=2, lookahead="full")),
+    "lookahead_full_k3_T": ("sorted", 2, [11, 9], dict(method="assd", k=3, lookahead="full", temperature=0.7)),
+    "lookahead_cheap": ("random", 2, [10, 13], dict(method="assd", k=2, lookahead="cheap")),
+    "lookahead_cheap_k3_draft_T": ("sorted", 2, [12, 10], dict(method="assd", k=3, lookahead="cheap", temperature=0.6,
+                                                               temperature_mode="draft", draft_only_temperature="paper")),
+    # adaptive draft length: each row's k follows its own acceptance
+    "assd_adaptive": ("random", 2, [10, 13], dict(method="assd", k=3, adaptive_k=True)),
+    "lookahead_full_adaptive": ("sorted", 2, [9, 12], dict(method="assd", k=3, lookahead="full", adaptive_k=True)),
+    "ngram_adaptive": ("prefix", 3, [13, 9, 13], dict(method="ngram", k=3, adaptive_k=True)),
 }
 
 
@@ -142,8 +147,8 @@ def count_rounds(monkeypatch) -> Counter:
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(sampling, "context_ngram_draft", counted("ngram", sampling.context_ngram_draft))
-    monkeypatch.setattr(sampling, "_assd_round", counted("model", sampling._assd_round))
+    monkeypatch.setattr(drafters, "context_ngram_draft", counted("ngram", drafters.context_ngram_draft))
+    monkeypatch.setattr(drafters.SelfDrafter, "propose", counted("model", drafters.SelfDrafter.propose))
     return rounds
 
 
@@ -197,6 +202,8 @@ def test_train_mode_model_samples_its_exact_joint(model, backend):
 
 MIXED = {
     "assd": dict(method="assd", k=3),
+    "lookahead_full": dict(method="assd", k=3, lookahead="full", adaptive_k=True),
+    "lookahead_cheap": dict(method="assd", k=2, lookahead="cheap"),
     "assd_draft0_paper": dict(method="assd", k=3, temperature=0.6, temperature_mode="draft",
                               draft_only_temperature="paper"),
     "ngram_paper": dict(method="ngram", k=3, ngram_draft="paper"),
@@ -231,8 +238,8 @@ def test_mixed_batch_each_row_matches_its_own_joint(model, backend, sampler):
 
 def _broken_accept_ignoring_draft(p_d, q_d, u, valid, r_atol=0.0, accept_first=False):
     ok = u < p_d  # forgets to divide by q: wrong acceptance probability
-    if accept_first:
-        ok[:, 0] = True
+    if ok.shape[1]:
+        ok[:, 0] |= torch.as_tensor(accept_first)
     return (ok & valid).long().cumprod(-1).sum(-1)
 
 
@@ -250,6 +257,9 @@ BROKEN = {
     "accept_ignores_draft": ("assd_k2", {}, _broken_accept_ignoring_draft),
     "ngram_paper_accept_ignores_draft": ("ngram_paper", {}, _broken_accept_ignoring_draft),
     "tempered_draft0_kept_untested": ("assd_draft_only_T", {}, _broken_accept_draft0_untested),
+    # a lookahead draft was conditioned on less than the oracle: keeping it untested is wrong
+    "lookahead_draft0_untested": ("lookahead_full", {}, _broken_accept_draft0_untested),
+    "lookahead_cheap_accept_ignores_draft": ("lookahead_cheap", {}, _broken_accept_ignoring_draft),
 }
 
 

@@ -8,6 +8,7 @@ from transformers import XLNetLMHeadModel
 
 import asarm
 from asarm import ASARM, orders
+from asarm.decoders import PlainDecoder, Queries
 from asarm.tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, XLNET_SPECIAL_TOKENS
 
 SPECIALS = len(XLNET_SPECIAL_TOKENS)
@@ -45,13 +46,13 @@ def test_joint_log_prob_equals_chain_of_single_token_calls(small):
     sigma = torch.cat([orders.random_order(3, n, generator=g), orders.random_sorted_order(2, n, m[3:], generator=g)])
     x = torch.randint(SPECIALS, SPECIALS + 4, (b, n), generator=g)
     one_pass = small.joint_log_prob(x, sigma, m)
-    decoder = small.decoder(sigma, m)
+    decoder = PlainDecoder(small, sigma, m)
     chain = torch.zeros(b)
     for r in range(b):
         rows = torch.tensor([r])
         for rank in range(int(m[r]), n):
             hidden = torch.where(sigma[r] >= rank, small.mask_token_id, x[r])[None]  # future really unknown
-            logits = decoder(rows, hidden, torch.tensor([rank]), torch.tensor([rank]), torch.tensor([1]))
+            logits = decoder(rows, hidden, torch.tensor([rank]), Queries.span(torch.tensor([rank]), torch.tensor([rank]), torch.tensor([1])))
             pos = int(orders.order_to_pos(sigma[r:r + 1])[0, rank])
             chain[r] += small.log_probs(logits)[0, 0, x[r, pos]]
     assert torch.allclose(one_pass, chain, atol=1e-4)

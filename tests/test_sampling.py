@@ -48,7 +48,7 @@ def test_int32_inputs_give_the_same_samples(tiny_model):
 
 
 def test_ngram_draft_at_tiny_temperature_is_the_most_frequent_bigram():
-    from asarm.sampling import context_bigram_draft
+    from asarm.drafters import context_bigram_draft
 
     tokens = [5, 7, 5, 7, 5, 8, 5, 0]
     known = [True] * 7 + [False]

@@ -20,7 +20,9 @@ import torch
 
 import asarm
 from asarm import ASARM
-from asarm.model import PlainDecoder, without_dropout
+from asarm.cache import CachedDecoder
+from asarm.decoders import PlainDecoder, Queries
+from asarm.model import without_dropout
 from asarm.sampling import NonFiniteLogitsError, probs_from_logits
 from conftest import random_batch
 
@@ -81,12 +83,12 @@ def test_train_mode_scoring_equals_eval_mode_scoring(dropout_model):
     done = _draw(dropout_model, (x, sigma, m), method="sequential").sequences
     reference = dropout_model.joint_log_prob(done, sigma, m)
     rows, q = torch.arange(3), torch.full((3,), 2)
-    plain_ref = PlainDecoder(dropout_model, sigma, m)(rows, done, m, m, q)
+    plain_ref = PlainDecoder(dropout_model, sigma, m)(rows, done, m, Queries.span(m, m, q))
     dropout_model.train()
     try:
         scores = [dropout_model.joint_log_prob(done, sigma, m) for _ in range(2)]
-        plain = PlainDecoder(dropout_model, sigma, m)(rows, done, m, m, q)
-        cached = dropout_model.decoder(sigma, m, "cached")(rows, done, m, m, q)
+        plain = PlainDecoder(dropout_model, sigma, m)(rows, done, m, Queries.span(m, m, q))
+        cached = CachedDecoder(dropout_model, sigma, m)(rows, done, m, Queries.span(m, m, q))
         assert all(_modes(dropout_model))
     finally:
         dropout_model.eval()
@@ -96,7 +98,7 @@ def test_train_mode_scoring_equals_eval_mode_scoring(dropout_model):
     torch.testing.assert_close(cached, plain_ref, atol=1e-5, rtol=0)
 
 
-def test_mixed_modes_are_restored_and_also_after_an_error(dropout_model, monkeypatch):
+def test_mixed_modes_are_restored_and_also_after_an_error(dropout_model):
     x, sigma, m = random_batch(dropout_model, b=2, n=10, seed=4)
     dropout_model.train()
     dropout_model.xlnet.lm_loss.eval()  # a frozen part: must stay in eval mode
@@ -109,9 +111,8 @@ def test_mixed_modes_are_restored_and_also_after_an_error(dropout_model, monkeyp
             assert not any(_modes(dropout_model)), "the network ran with dropout on"
             raise RuntimeError("decoder failed")
 
-        monkeypatch.setattr(dropout_model, "decoder", failing_decoder)
         with pytest.raises(RuntimeError, match="decoder failed"):
-            _draw(dropout_model, (x, sigma, m), method="assd")
+            _draw(dropout_model, (x, sigma, m), method="assd", decoder=failing_decoder)
         assert _modes(dropout_model) == before
     finally:
         dropout_model.eval()

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import asarm
-from conftest import random_batch
-from asarm import orders, sampling
-from asarm.sampling import context_counts, context_ngram_draft, draft_temperatures
+from conftest import random_batch, recording_decoder
+from asarm import drafters, orders, sampling
+from asarm.acceptance import draft_temperatures
+from asarm.drafters import context_counts, context_ngram_draft
 
 
 # ---------------------------------------------------------------------------- the pure drafter
@@ -65,24 +66,11 @@ def _batch(model, b=8, n=24, seed=0):
     return random_batch(model, b, n, seed)
 
 
-def _record_calls(monkeypatch) -> list[tuple[list, list, list]]:
-    """Record ``(n_known, q_start, q_count)`` of every network call."""
-    calls = []
-    real = sampling._Run.call
-
-    def call(self, rows, n_known, q_start, q_count, num_queries=None):
-        calls.append((n_known.tolist(), q_start.tolist(), q_count.tolist()))
-        return real(self, rows, n_known, q_start, q_count, num_queries)
-
-    monkeypatch.setattr(sampling._Run, "call", call)
-    return calls
-
-
 def test_paper_ngram_rounds_follow_the_left_token_rule(tiny_model, monkeypatch):
     """Count rounds start where the left neighbour is known; model rounds where it is not."""
     x, sigma, m = _batch(tiny_model, seed=1)
     seen = {"ngram": 0, "model": 0}
-    real_draft, real_round = sampling.context_ngram_draft, sampling._assd_round
+    real_draft, real_propose = drafters.context_ngram_draft, drafters.SelfDrafter.propose
 
     def draft(tokens, known, order, start, k, u):
         pos = order[start]
@@ -90,36 +78,37 @@ def test_paper_ngram_rounds_follow_the_left_token_rule(tiny_model, monkeypatch):
         seen["ngram"] += 1
         return real_draft(tokens, known, order, start, k, u)
 
-    def model_round(run, rows, *args, **kwargs):
+    def model_round(self, run, rows, k, bonus=None):
         for r in rows.tolist():
             pos = int(run.order[r, run.n[r]])
             assert pos == 0 or int(run.sigma[r, pos - 1]) >= int(run.n[r]), "a model round with a known left token"
         seen["model"] += 1
-        assert kwargs.get("bonus") is False  # the paper's sampler has no bonus token
-        return real_round(run, rows, *args, **kwargs)
+        assert bonus is False  # the paper's sampler has no bonus token
+        return real_propose(self, run, rows, k, bonus)
 
-    monkeypatch.setattr(sampling, "context_ngram_draft", draft)
-    monkeypatch.setattr(sampling, "_assd_round", model_round)
+    monkeypatch.setattr(drafters, "context_ngram_draft", draft)
+    monkeypatch.setattr(drafters.SelfDrafter, "propose", model_round)
     out = asarm.sample(tiny_model, x, sigma, m, method="ngram", k=4, ngram_draft="paper",
                        generator=torch.Generator().manual_seed(0))
     assert seen["ngram"] > 0 and seen["model"] > 0
     assert (out.nfe <= x.shape[1] - m).all()
 
 
-def test_paper_ngram_makes_no_extra_query_and_bigram_does(tiny_model, monkeypatch):
+def test_paper_ngram_makes_no_extra_query_and_bigram_does(tiny_model):
     x, sigma, m = _batch(tiny_model, seed=2)
-    calls = _record_calls(monkeypatch)
-    asarm.sample(tiny_model, x, sigma, m, method="ngram", k=4, ngram_draft="paper",
+    calls = []
+    recorder = recording_decoder(calls)
+    asarm.sample(tiny_model, x, sigma, m, method="ngram", k=4, ngram_draft="paper", decoder=recorder,
                  generator=torch.Generator().manual_seed(0))
-    # every call is a draft call (nothing beyond step n known) or an oracle call whose queries are the drafts
-    for n_known, q_start, q_count in calls:
-        for nk, qs, qc in zip(n_known, q_start, q_count):
-            assert nk == qs or nk == qs + qc
+    # every call is a draft call (queries from rank n_known on) or an oracle call whose queries are the drafts
+    for n_known, ranks in calls:
+        for nk, rk in zip(n_known, ranks):
+            assert min(rk) == nk or max(rk) == nk - 1
     calls.clear()
-    asarm.sample(tiny_model, x, sigma, m, method="ngram", k=4, ngram_draft="bigram",
+    asarm.sample(tiny_model, x, sigma, m, method="ngram", k=4, ngram_draft="bigram", decoder=recorder,
                  generator=torch.Generator().manual_seed(0))
-    assert any(nk == qs + qc - 1 for n_known, q_start, q_count in calls
-               for nk, qs, qc in zip(n_known, q_start, q_count))  # the query after the last draft
+    # the query after the last draft: an oracle call (drafts below n_known) that also asks for rank n_known
+    assert any(min(rk) < nk == max(rk) for n_known, ranks in calls for nk, rk in zip(n_known, ranks))
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +132,9 @@ def test_draft0_paper_keeps_the_call_bound_where_verify0_breaks_it(peaked_model)
 
 def test_new_options_are_validated(tiny_model):
     x, sigma, m = _batch(tiny_model, b=2, n=8)
-    with pytest.raises(ValueError, match=r"ngram_draft must be one of \('bigram', 'paper'\)"):
+    with pytest.raises(ValueError, match=r"unknown ngram_draft 'unigram'; choose one of bigram, paper"):
         asarm.sample(tiny_model, x, sigma, m, method="ngram", ngram_draft="unigram")
-    with pytest.raises(ValueError, match=r"draft_only_temperature must be one of \('verify0', 'paper'\)"):
+    with pytest.raises(ValueError, match=r"unknown draft_only_temperature 'verify'; choose one of verify0, paper"):
         asarm.sample(tiny_model, x, sigma, m, temperature_mode="draft", draft_only_temperature="verify")
 
 

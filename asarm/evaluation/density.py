@@ -200,7 +200,7 @@ def score_hellaswag(item: dict, seed: int, model, tokenizer, cfg: dict) -> dict:
 
 
 def run(args) -> int:
-    from ..cli import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer
 
     apply_protocol(args, {"k": "infill_k"})  # first: config.json records the resolved values
     if args.k < 1:
@@ -249,7 +249,7 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
 
 
 def register(sub) -> None:
-    from ..cli import add_model_arguments
+    from ..loading import add_model_arguments
 
     p = sub.add_parser("density", help="LAMBADA last word / HellaSwag endings by the AS-ARM's likelihood",
                        description="Density-estimation tasks: LAMBADA last-word exact match and HellaSwag "

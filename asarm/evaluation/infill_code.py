@@ -363,14 +363,14 @@ def choose_harness(choice: str) -> tuple[bool, str]:
 
 def load_tokenizer_only(args):
     """The tokenizer of ``--tokenizer`` alone (no model), else the model's (``load_model_and_tokenizer``)."""
-    from ..cli import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer
     from ..tokenizer import load_tokenizer
 
     return load_tokenizer(args.tokenizer) if args.tokenizer else load_model_and_tokenizer(args)[1]
 
 
 def run(args) -> int:
-    from ..cli import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer
 
     apply_protocol(args, {"k": "infill_k", "context": "code_context"})  # first: config.json records the values
     source = args.data or default_data(f"human-eval-infilling/{BENCHMARKS[args.benchmark]}")
@@ -462,7 +462,7 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
 
 
 def register(sub) -> None:
-    from ..cli import add_model_arguments
+    from ..loading import add_model_arguments
 
     p = sub.add_parser("infill-code", help="HumanEval-infilling: generate the masked middle, run the tests (pass@k)",
                        description="Code infilling on HumanEval-infilling with functional correctness checked in "

@@ -143,7 +143,7 @@ def record_scores(record: dict) -> dict[str, tuple[float, float, float]]:
 
 
 def run(args) -> int:
-    from ..cli import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer
 
     apply_protocol(args, {"k": "infill_k"})  # first: config.json records the resolved values
     if args.trials < 1:
@@ -215,7 +215,7 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
 
 
 def register(sub) -> None:
-    from ..cli import add_model_arguments
+    from ..loading import add_model_arguments
 
     p = sub.add_parser("infill-nlp", help="ROCStories infilling (ROUGE)",
                        description="Infill the middle of ROCStories five-sentence stories; ROUGE-1/2/L F1 x 100 "

@@ -30,7 +30,6 @@ shard + merge and interrupt + resume give the same numbers as one process
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import sys
@@ -41,12 +40,19 @@ from typing import Any, Callable
 
 from ..utils import atomic_write_json, atomic_write_text
 
-SUMMARIZERS = {
-    "speculative": "asarm.evaluation.speculative:summarize",
-    "infill-nlp": "asarm.evaluation.infill_nlp:summarize",
-    "infill-code": "asarm.evaluation.infill_code:summarize",
-    "density": "asarm.evaluation.density:summarize",
-}
+
+
+def summarizer(evaluation: str):
+    """The ``summarize(records, config, out_dir) -> (results, table)`` of an evaluation, by its name.
+
+    Imported here, not at the top: the evaluation modules import this one.
+    """
+    from . import density, infill_code, infill_nlp, speculative
+
+    return {"speculative": speculative.summarize, "infill-nlp": infill_nlp.summarize,
+            "infill-code": infill_code.summarize, "density": density.summarize}[evaluation]
+
+
 # argparse options that do not change the numbers (kept in results.json under "runtime").
 RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command",
                 "debug", "func"}
@@ -188,10 +194,12 @@ def _json_default(obj):
     return str(obj)
 
 
-def finalize(out_dir: str | os.PathLike, runtime: dict | None = None, quiet: bool = False) -> dict | None:
+def finalize(out_dir: str | os.PathLike, runtime: dict | None = None, quiet: bool = False,
+             summarize=None) -> dict | None:
     """Summarise a finished run into ``results.json`` + ``results.md``; print the table.
 
-    Returns the results dict, or None (with a message) while units are missing.
+    ``summarize`` defaults to the run's evaluation's (``summarizer``). Returns the results
+    dict, or None (with a message) while units are missing.
     """
     out_dir = Path(out_dir)
     if not (out_dir / CONFIG_FILE).exists():
@@ -204,9 +212,7 @@ def finalize(out_dir: str | os.PathLike, runtime: dict | None = None, quiet: boo
               f"(first: {missing[0]}); run the remaining shards, then `asarm eval-merge {out_dir}`", file=sys.stderr)
         return None
     records = [r for uid in meta["units"] for r in done[uid]]
-    module, func = SUMMARIZERS[meta["evaluation"]].split(":")
-    summarize = getattr(importlib.import_module(module), func)
-    results, table = summarize(records, meta["config"], out_dir)
+    results, table = (summarize or summarizer(meta["evaluation"]))(records, meta["config"], out_dir)
     payload = {"evaluation": meta["evaluation"], "config": meta["config"], "num_units": len(meta["units"]),
                "results": results, "runtime": runtime or {}}
     atomic_write_json(out_dir / RESULTS_FILE, json.loads(json.dumps(payload, default=_json_default)))

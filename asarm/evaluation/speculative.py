@@ -433,7 +433,7 @@ def _rescore_locked(out_dir: Path, meta: dict, done: dict, judge, judge_name: st
 
 
 def run(args) -> int:
-    from ..cli import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer
 
     if args.rescore:
         from ..utils import resolve_device
@@ -607,7 +607,7 @@ def plot_distributions(by_method: dict[str, list[dict]], path: Path) -> str | No
 
 # ---------------------------------------------------------------------------- CLI
 def register(sub) -> None:
-    from ..cli import add_model_arguments
+    from ..loading import add_model_arguments
 
     p = sub.add_parser("speculative", help="speculative-decoding comparison on WikiText (NFE, time, PPL, entropy)",
                        description="Generate ~95%% of packed text chunks with sequential decoding, ASSD and the "

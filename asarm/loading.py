@@ -1,0 +1,95 @@
+"""Loading a model and its tokenizer from command-line options (every command that samples or scores).
+
+``--model`` is a local directory, a hub id (the released AS-ARM by default, at
+the revision each command names), or ``tiny`` (a small RANDOM model over the
+offline tokenizer, for trying the commands without a checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+TINY = "tiny"
+ASARM_HUB_ID = "therealgabeguo/ASARM"
+TINY_CONFIG = dict(d_model=64, n_layer=2, n_head=4, d_inner=128)
+FALLBACK_TOKENIZER = "xlnet/xlnet-base-cased"  # for a hub id, or a local model directory saved without its tokenizer
+
+
+def add_model_arguments(p: argparse.ArgumentParser, asarm_revision: str = "nlp") -> None:
+    """Options shared by every command that loads a model. ``asarm_revision``: the revision
+    used when ``--model`` is the released AS-ARM repository and no ``--revision`` is given."""
+    p.add_argument("--model", default=ASARM_HUB_ID,
+                   help=f"local directory or hub id (default: %(default)s); '{TINY}' builds a tiny RANDOM model "
+                        "with the offline tokenizer, for trying the commands without a checkpoint")
+    p.add_argument("--revision", default=None,
+                   help=f"hub revision; for {ASARM_HUB_ID} (nlp, nlp_210k_plus_75k or code) the default is "
+                        f"{asarm_revision}")
+    p.set_defaults(asarm_revision=asarm_revision)
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: the model's, else xlnet-base-cased)")
+    p.add_argument("--device", default="auto", type=device_argument,
+                   help="auto, cpu, cuda, cuda:1, ... or mps (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default: %(default)s)")
+
+
+def device_argument(name: str) -> str:
+    """argparse ``type=`` for ``--device``: a misspelled device is a usage error listing the valid ones."""
+    from .utils import check_device_name
+
+    try:
+        return check_device_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def resolve_revision(args) -> None:
+    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch)."""
+    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID:
+        args.revision = args.asarm_revision
+
+
+def load_model_and_tokenizer(args):
+    """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
+    from .model import ASARM
+    from .tokenizer import build_local_tokenizer, load_tokenizer
+    from .utils import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    resolve_revision(args)
+    if args.model == TINY:
+        from .data import stdlib_texts
+
+        print("note: --model tiny is a RANDOMLY INITIALISED model: its text is gibberish; "
+              "it only shows the commands working offline.", file=sys.stderr)
+        tokenizer = build_local_tokenizer(stdlib_texts(300_000), vocab_size=1000)
+        model = ASARM.from_config(tokenizer=tokenizer, seed=0, **TINY_CONFIG)
+    else:
+        from transformers import AutoConfig
+
+        from .hub import load_or_explain
+
+        # The model first (its small config): a mistyped --model must fail naming what the user typed,
+        # not after the hub was tried for a fallback tokenizer the model would never have used.
+        load_or_explain(AutoConfig.from_pretrained, args.model, args.revision, "model")
+        tok_src = args.tokenizer
+        if tok_src is None:
+            has_tok = os.path.isdir(args.model) and any(
+                os.path.exists(os.path.join(args.model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json"))
+            tok_src = args.model if has_tok else FALLBACK_TOKENIZER
+        try:
+            tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
+        except OSError as exc:
+            if tok_src != FALLBACK_TOKENIZER:
+                raise
+            raise OSError(f"'{args.model}' comes without a tokenizer, and the fallback {FALLBACK_TOKENIZER} is not "
+                          f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
+        model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
+    if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
+        from .evaluation.protocol import banned_ids_for
+        from .model import ASARM as _ASARM
+
+        code = bool(getattr(args, "code_whitespace", False) or getattr(args, "code", False))
+        model = _ASARM(model.xlnet, model.mask_token_id, banned_ids_for(args.banned, tokenizer, code))
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
