@@ -1,4 +1,4 @@
-"""Self-verifying training checkpoints (spec section 4, "Training state you can trust").
+"""Self-verifying training checkpoints (docs/design.md, Training state).
 
 A checkpoint is ``checkpoints/step_XXXXXXXX/`` holding a Hugging Face model +
 tokenizer directory, ``training_state.pt`` (optimizer, scheduler, data

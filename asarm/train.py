@@ -1,4 +1,4 @@
-"""Train an AS-ARM with the masking-distribution objective (spec section 4).
+"""Train an AS-ARM with the masking-distribution objective (docs/design.md, Objective; Training state).
 
     asarm train --config configs/tiny_cpu.yaml [--key value ...]
     torchrun --nproc_per_node 4 -m asarm train --config configs/openwebtext.yaml
@@ -8,9 +8,22 @@ Engine: Hugging Face ``accelerate`` (DDP on CPU/gloo or GPU/nccl, one node or
 many, bf16/fp16 autocast). One optimizer step = ``num_slots = processes x
 grad_accum`` micro-batches ("slots"); slot ``s = rank * grad_accum + micro``
 reads data shard ``s`` and draws its masking rate from stratum ``s`` with
-randomness seeded by ``(seed, step, s)`` (dropout included). A run's numbers
-therefore depend on ``num_slots``, not on how the slots are spread over
-processes, and a resumed run repeats the uninterrupted one bit for bit.
+randomness seeded by ``(seed, step, s)``: its own ``torch.Generator`` for the
+rate, order and prompt, and for dropout (which only draws from torch's global
+RNG) a fork of the global RNG seeded from that generator, so the caller's RNG
+is left as it was. A run's numbers therefore depend on ``num_slots``, not on
+how the slots are spread over processes, and a resumed run repeats the
+uninterrupted one bit for bit.
+
+The pieces, in the order a run uses them:
+
+* options: ``asarm.train_config`` (``TrainConfig``, ``check_config``, what a resume may change);
+* the run directory: ``check_run_dir``, ``write_run_config``, ``MetricsLog``, ``record_failure``;
+* start-up: ``start`` builds a ``Run`` (what stays fixed) and a ``TrainState`` (what a checkpoint holds);
+* ``make_step_fn(cfg, accelerator, slots)`` -> ``step(state, batches) -> metrics``: one optimizer step;
+* ``save_state`` / ``restore_state``: the checkpoint, as functions of the state (files: ``asarm.checkpoint``);
+* ``train_loop``: steps, evaluations, checkpoints, SIGTERM; ``finish``: the final model and status;
+* ``train(cfg)``: all of it, inside ``sigterm_requests_stop()``; ``register_train``: ``asarm train``.
 
 Run directory (``output_dir``): ``config.yaml`` (the options in effect, plus
 ``changes``: what each resume changed, at which step), ``metrics.jsonl``,
@@ -29,7 +42,6 @@ lists the ones that may differ).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -40,272 +52,25 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import yaml
 
 from . import objective as obj
-from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_digests, make_encoder, open_split,
-                   check_not_empty, resolve_dataset, stdlib_texts)
 from .checkpoint import (CheckpointError, CheckpointSearch, CheckpointWarning, clean_temporaries,  # noqa: F401
                          describe, find_checkpoint, latest_checkpoint, quarantine, save_checkpoint)
-from .utils import atomic_write_json, atomic_write_text, check_input_file
+from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_digests, make_encoder, open_split,
+                   check_not_empty, resolve_dataset, stdlib_texts)
+from .train_config import (NOT_RECORDED, RESUME_MAY_CHANGE, TrainConfig, add_config_arguments,  # noqa: F401
+                           check_config, check_resume_config, config_differences, config_from_arguments)
+from .utils import atomic_write_json, atomic_write_text
 
 
-def opt(default, help: str):
-    """A config field with its ``--help`` text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class TrainConfig:
-    """Every training option; defaults are the paper's launcher values (OpenWebText)."""
-
-    # run
-    output_dir: str = opt("runs/asarm", "run directory (checkpoints, metrics, final model)")
-    resume: str = opt("false", "false: output_dir must not hold a run; true: continue its latest checkpoint; "
-                               "auto: continue if there is one (what requeued jobs use)")
-    seed: int = opt(0, "seed of the initialisation, the batches, the orders and dropout")
-    # data
-    dataset: str = opt("openwebtext", "stdlib, openwebtext, starcoder (= bigcode/starcoderdata, python), "
-                                      "hf:ORG/NAME[@REVISION], or a path/glob of .txt (one document per file) or .jsonl files")
-    text_field: str = opt("", "record field holding the text (default: text; starcoder: content)")
-    code_whitespace: str = opt("auto", "map newline/tab/2 and 3 spaces to <cls>/<sep>/<unk>/<pad> before "
-                                       "tokenizing: auto (starcoder only), true or false")
-    add_special_tokens: bool = opt(False, "let the tokenizer add its specials to every document "
-                                          "(XLNet: <sep><cls>, as the paper's loader did)")
-    replicate_data: bool = opt(False, "every process reads the same data, as in the paper's multi-GPU runs "
-                                      "(false: each of the processes x grad_accum slots reads its own shard)")
-    seq_len: int = opt(512, "tokens per packed sequence")
-    eval_docs: int = opt(200, "documents held out from the start of the source for evaluation")
-    # model
-    init: str = opt("xlnet/xlnet-base-cased", "hub id, local directory, or 'fresh' (random init from model_config)")
-    revision: str = opt("", "hub revision of init (released AS-ARMs: nlp, nlp_210k_plus_75k, code)")
-    tokenizer: str = opt("", "tokenizer directory or hub id; 'local' builds the offline XLNet-pipeline "
-                              "(SentencePiece) tokenizer (default: init's own, else xlnet/xlnet-base-cased)")
-    local_vocab_size: int = opt(1000, "vocabulary of tokenizer=local")
-    model_config: dict = opt({}, "XLNetConfig fields for init=fresh, e.g. {d_model: 64, n_layer: 2, n_head: 4, d_inner: 128}")
-    model_max_len: int = opt(512, "longest allowed seq_len (XLNet's relative positions have no hard limit; "
-                                  "xlnet-base-cased and the released AS-ARMs were trained at 512)")
-    # objective
-    objective: str = opt("joint", "joint (the paper's) or parallel (conditionally independent ablation)")
-    visible_attention: str = opt("all", "parallel objective: all, prompt or causal attention inside the known block")
-    order: str = opt("sorted", "sorted (2^N orders), random (N! orders) or left_to_right (the AR-order ablation)")
-    loss_scale: str = opt("none", "none, r, or snr (= r/(1-r)); r and snr only with the joint objective")
-    start_rate: float = opt(0.15, "masking rate at step 0")
-    min_rate: float = opt(0.85, "lower end of the masking-rate range after the warm-up")
-    max_rate: float = opt(0.99, "upper end of the masking-rate range after the warm-up")
-    rate_warmup_steps: int = opt(5000, "optimizer steps to widen the range from start_rate to [min_rate, max_rate]")
-    # optimisation
-    batch_size: int = opt(8, "sequences per micro-batch per process")
-    grad_accum: int = opt(4, "micro-batches per optimizer step per process")
-    lr: float = opt(1e-5, "AdamW learning rate for an effective batch of 32 (see scale_lr)")
-    scale_lr: bool = opt(True, "multiply lr by effective batch / 32 (effective batch = batch_size x slots)")
-    weight_decay: float = opt(0.01, "AdamW weight decay")
-    warmup_steps: int = opt(5000, "linear learning-rate warm-up, then linear decay to 0")
-    grad_clip: float = opt(1.0, "gradient-norm clipping (0: off)")
-    train_sequences: int = opt(24_000_000, "packed sequences to train on (sets the number of steps)")
-    max_steps: int = opt(0, "optimizer steps (overrides train_sequences when > 0)")
-    max_epochs: int = opt(0, "stop once a slot's training stream has been read this many times, dropping the "
-                             "step that would need the next pass (the paper: 1, one pass); 0: no limit")
-    mixed_precision: str = opt("auto", "auto (bf16 on GPUs that have it, else fp16 on GPUs, none on CPU), no, bf16, fp16")
-    cpu: bool = opt(False, "train on the CPU even when a GPU is present")
-    # checkpoints and logging
-    save_steps: int = opt(1000, "checkpoint every this many steps (and at the end, and on SIGTERM)")
-    keep_last: int = opt(3, "checkpoints kept")
-    log_steps: int = opt(10, "metrics.jsonl row every this many steps")
-    eval_steps: int = opt(500, "held-out loss and ASSD sample every this many steps (0: only at the end)")
-    eval_rates: list = opt([0.15, 0.5, 0.85, 0.95], "fixed masking rates of the held-out loss")
-    eval_batches: int = opt(4, "held-out micro-batches per rate")
-    sample_rows: int = opt(2, "held-out sequences completed with ASSD at every evaluation")
-    sample_rate: float = opt(0.95, "masking rate of the ASSD samples")
-    sample_k: int = opt(5, "ASSD draft length")
-    report_to: list = opt([], "extra loggers: tensorboard, wandb")
-    wandb_project: str = opt("asarm", "wandb project")
-    progress: bool = opt(True, "tqdm progress bar on the main process")
-    debug_signal: str = opt("", "testing crash safety: 'KILL@5' or 'TERM@5' sends that signal to itself after step 5")
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; `asarm train --help` lists them all")
-        return cls(**{k: _coerce(names[k], v) for k, v in values.items()})
-
-    @classmethod
-    def load(cls, path: str | None = None, overrides: dict | None = None) -> "TrainConfig":
-        """A YAML file (optional) with ``overrides`` applied on top."""
-        values = {}
-        if path:
-            values = yaml_or_explain(check_input_file(path, "config file").read_text(encoding="utf-8"),
-                                     f"config file '{path}'") or {}
-            if not isinstance(values, dict):
-                raise ValueError(f"config file '{path}' must hold a mapping of options")
-        values.pop("changes", None)  # a run directory's config.yaml: the history of resumes, not an option
-        return cls.from_dict({**values, **(overrides or {})})
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
-
-
-def yaml_or_explain(text: str, where: str):
-    """``yaml.safe_load(text)``; malformed YAML becomes a ``ValueError`` naming ``where`` and the line."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        at = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and start is not None and start is not mark:  # where the unclosed construct began
-            problem += f", {context} at line {start.line + 1}"
-        raise ValueError(f"{where}{at}: malformed YAML ({problem}); fix the YAML syntax there") from None
-
-
-def _coerce(f: dataclasses.Field, value):
-    """Turn ``value`` (from YAML or the command line) into the field's type."""
-    kind = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
-    if isinstance(value, str) and kind in (int, float):
-        try:
-            value = kind(value)
-        except ValueError:
-            pass
-    if isinstance(value, str) and kind is not str:
-        value = yaml_or_explain(value, f"option {f.name} = {value!r}")
-    if kind is bool and isinstance(value, bool) or kind is list and isinstance(value, list) \
-            or kind is dict and isinstance(value, dict):
-        return value
-    if kind is str:
-        return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if kind is int and value != int(value):
-            raise ValueError(f"option {f.name} must be an integer, got {value}")
-        return kind(value)
-    raise ValueError(f"option {f.name} expects {kind.__name__}, got {value!r}")
-
-
-# ---------------------------------------------------------------------------- checks
-def check_config(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` for settings that cannot train (before anything is loaded)."""
-    def choose(name, value, options):
-        if value not in options:
-            raise ValueError(f"{name} must be one of {tuple(options)}, got '{value}'")
-
-    choose("objective", cfg.objective, obj.OBJECTIVES)
-    choose("visible_attention", cfg.visible_attention, obj.VISIBLE_ATTENTION)
-    choose("order", cfg.order, obj.ORDERS)
-    choose("loss_scale", cfg.loss_scale, obj.LOSS_SCALES)
-    obj.check_loss_scale(cfg.objective, cfg.loss_scale)
-    choose("resume", cfg.resume, ("false", "true", "auto"))
-    choose("code_whitespace", cfg.code_whitespace, ("auto", "true", "false"))
-    choose("mixed_precision", cfg.mixed_precision, ("auto", "no", "bf16", "fp16"))
-    for name in ("start_rate", "min_rate", "max_rate", "sample_rate", *[f"eval_rates[{i}]" for i in range(len(cfg.eval_rates))]):
-        value = cfg.eval_rates[int(name[11:-1])] if name.startswith("eval_rates") else getattr(cfg, name)
-        if not 0.0 < float(value) < 1.0:
-            raise ValueError(f"masking rate {name}={value} must lie strictly between 0 and 1")
-    if cfg.min_rate > cfg.max_rate:
-        raise ValueError(f"min_rate={cfg.min_rate} is above max_rate={cfg.max_rate}")
-    for name in ("batch_size", "grad_accum", "save_steps", "log_steps", "keep_last", "eval_batches", "sample_rows",
-                 "sample_k"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2 (one known token and one target), got {cfg.seq_len}")
-    if cfg.eval_steps < 0 or cfg.eval_docs < 0:
-        raise ValueError("eval_steps and eval_docs must be >= 0")
-    if cfg.max_steps < 0 or (cfg.max_steps == 0 and cfg.train_sequences < 1):
-        raise ValueError("set max_steps > 0 or train_sequences > 0")
-    if cfg.max_epochs < 0:
-        raise ValueError(f"max_epochs must be >= 0 (0: no limit), got {cfg.max_epochs}")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {cfg.lr}")
-    unknown = set(cfg.report_to) - {"tensorboard", "wandb"}
-    if unknown:
-        raise ValueError(f"report_to accepts tensorboard and wandb, got {sorted(unknown)}")
-    for name in cfg.report_to:
-        try:
-            __import__("torch.utils.tensorboard" if name == "tensorboard" else "wandb")
-        except ImportError as exc:
-            raise ValueError(f"report_to {name}: the package is not installed ({exc})") from exc
-    if cfg.debug_signal and (cfg.debug_signal.split("@")[0] not in ("KILL", "TERM") or "@" not in cfg.debug_signal):
-        raise ValueError(f"debug_signal must look like KILL@5 or TERM@5, got '{cfg.debug_signal}'")
-
-
-# Settings a resumed run may change; every other option defines the run (model, data, seq_len, batch, seed,
-# objective, schedule, numerics) and must equal the checkpoint's. New options are run-defining until listed
-# here. grad_accum may change only with the number of processes, so that the slots (processes x grad_accum)
-# stay the same; train() checks that. Changing max_steps / train_sequences re-stretches the linear lr decay
-# from the resume step on (the schedule's horizon is the run's length).
-RESUME_MAY_CHANGE = frozenset({
-    "output_dir", "resume", "max_steps", "train_sequences", "grad_accum", "save_steps", "keep_last", "log_steps",
-    "eval_steps", "eval_rates", "eval_batches", "sample_rows", "sample_rate", "sample_k", "report_to",
-    "wandb_project", "progress", "debug_signal"})
-# Changes that say how this process starts or where the run lives, not what it is: not recorded in config.yaml.
-NOT_RECORDED = frozenset({"resume", "debug_signal", "output_dir"})
-
-
-def slot_shard(slot: int, grad_accum: int, num_processes: int, replicate: bool = False) -> tuple[int, int]:
-    """``(shard, num_shards)`` of the training stream that micro-batch slot ``slot`` reads.
-
-    Default: each of the ``num_processes * grad_accum`` slots reads its own shard, so one optimizer step sees
-    that many distinct micro-batches. ``replicate`` (the paper's multi-GPU runs, where every rank iterates
-    the same stream): slot ``rank * grad_accum + micro`` reads shard ``micro`` of ``grad_accum``, the same
-    on every rank, so a step sees only ``grad_accum`` distinct micro-batches, each under ``num_processes``
-    different masks.
-    """
-    if not 0 <= slot < grad_accum * num_processes:
-        raise ValueError(f"slot {slot} is outside 0..{grad_accum * num_processes - 1}")
-    return (slot % grad_accum, grad_accum) if replicate else (slot, grad_accum * num_processes)
-
-
-def end_of_data(streams, max_epochs: int, accelerator) -> bool:
-    """True on every rank when any rank's stream has started pass ``max_epochs`` (0-based), i.e. the
-    batches just read hold tokens from beyond the allowed passes. One all-reduce, so ranks agree
-    before any of them starts a forward pass."""
-    ended = any(stream.epoch >= max_epochs for stream in streams)
-    return bool(accelerator.reduce(torch.tensor(float(ended), device=accelerator.device), "sum") > 0)
-
-
-def config_differences(saved: dict, cfg: TrainConfig) -> tuple[dict, dict]:
-    """Compare the config a checkpoint was written with to the one a resume asks for.
-
-    Args:
-        saved: ``dataclasses.asdict`` of the checkpoint's config (options it predates count as their defaults;
-            options it has that no longer exist are ignored).
-    Returns:
-        ``(refused, allowed)``: ``{name: (saved value, new value)}`` of the differing run-defining options and
-        of the differing options in ``RESUME_MAY_CHANGE``.
-    """
-    defaults = dataclasses.asdict(TrainConfig())
-    now = dataclasses.asdict(cfg)
-    refused, allowed = {}, {}
-    for name, value in now.items():
-        old = saved.get(name, defaults[name])
-        if old != value:
-            (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (old, value)
-    return refused, allowed
-
-
-def check_resume_config(cfg: TrainConfig, ckpt: Path) -> dict:
-    """Refuse a resume whose run-defining settings differ from checkpoint ``ckpt``'s (one line per difference);
-    returns the allowed changes ``{name: (old, new)}``."""
-    saved = json.loads((ckpt / "trainer_state.json").read_text())["config"]
-    refused, allowed = config_differences(saved, cfg)
-    if refused:
-        lines = "\n".join(f"  {name}: {old!r} in the run, {new!r} now" for name, (old, new) in refused.items())
-        raise ValueError(f"cannot resume '{cfg.output_dir}' from {ckpt.name} with different settings that define "
-                         f"the run:\n{lines}\nresume with the run's values (its config.yaml holds them) or train into "
-                         f"a new --output_dir; options a resume may change: {', '.join(sorted(RESUME_MAY_CHANGE))}")
-    return allowed
-
-
+# ---------------------------------------------------------------------------- the run directory
 def check_run_dir(cfg: TrainConfig) -> CheckpointSearch:
     """Where to resume from (``.checkpoint``, None: from scratch) and the damaged checkpoints to set aside.
 
@@ -365,84 +130,30 @@ def write_run_config(run_dir: Path, cfg: TrainConfig, step: int, changes: dict) 
         text += yaml.safe_dump({"changes": history}, sort_keys=False)
     atomic_write_text(path, text)
 
-# ---------------------------------------------------------------------------- model
-def load_model_and_tokenizer(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
-    """``(ASARM, tokenizer)`` from a checkpoint, a hub id / directory, or a fresh config."""
-    from .model import ASARM
-    from .tokenizer import build_local_tokenizer, load_tokenizer, special_ids
 
-    revision = cfg.revision or None
-    if ckpt is not None:
-        tokenizer = load_tokenizer(str(ckpt))
-    elif cfg.tokenizer == "local":
-        local_dir = Path(cfg.output_dir) / "tokenizer"
-        if accelerator.is_main_process:
-            build_local_tokenizer(stdlib_texts(300_000), vocab_size=cfg.local_vocab_size).save_pretrained(local_dir)
-        accelerator.wait_for_everyone()
-        tokenizer = load_tokenizer(str(local_dir))
-    elif cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-    elif cfg.init == "fresh":
-        raise ValueError("init=fresh needs a tokenizer: set tokenizer to 'local', a directory or a hub id")
-    else:
-        try:
-            tokenizer = load_tokenizer(cfg.init, revision)
-        except (OSError, ValueError):
-            tokenizer = load_tokenizer("xlnet/xlnet-base-cased")
-    if ckpt is not None:
-        model = ASARM.from_pretrained(str(ckpt))
-    elif cfg.init == "fresh":
-        model = ASARM.from_config(dict(cfg.model_config), tokenizer=tokenizer, seed=cfg.seed)
-    else:
-        model = ASARM.from_pretrained(cfg.init, revision, tokenizer=tokenizer)
-    if len(tokenizer) > model.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} ids but the model only {model.vocab_size}")
-    mask_id, banned = special_ids(tokenizer)
-    if spec.code:  # a code model must be able to write newlines, tabs and indentation
-        banned = sorted(set(banned) - set(code_whitespace_ids(tokenizer)))
-    return ASARM(model.xlnet, mask_id, banned), tokenizer
+@dataclass
+class Attempt:
+    """What this ``train()`` call has done so far, for the status an error leaves behind (``record_failure``)."""
+
+    main: bool  # this process writes the run directory
+    wrote_status: bool = False  # this attempt has written status.json
+    state: "TrainState | None" = None  # set once the training state exists (resumed state loaded)
 
 
-# Parameters XLNet only uses with token_type_ids (segments), which AS-ARMs never pass. They are
-# frozen so that DDP (find_unused_parameters=False) never waits for gradients that cannot come.
-UNUSED_PARAMETERS = ("seg_embed", "r_s_bias")
-
-
-def freeze_unused(model) -> list[str]:
-    """Set ``requires_grad=False`` on ``UNUSED_PARAMETERS``; returns their names."""
-    frozen = [n for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in UNUSED_PARAMETERS]
-    for n, p in model.named_parameters():
-        if n in frozen:
-            p.requires_grad_(False)
-    return frozen
-
-
-# ---------------------------------------------------------------------------- state
-def parameter_digest(model) -> str:
-    """SHA-256 of every parameter's bytes: equal digests = bitwise-identical models."""
-    h = hashlib.sha256()
-    for _, p in sorted(model.named_parameters()):
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def rng_state() -> dict:
-    import numpy as np
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    import numpy as np
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def record_failure(cfg: TrainConfig, attempt: Attempt, exc: BaseException) -> None:
+    """Set ``status.json`` to ``failed`` (with the error), so that the launcher never requeues a run that
+    cannot go on (an ``interrupted`` left behind would be requeued forever). Only the main process, and only a
+    status this process wrote or that of the run it was asked to resume: never another run's."""
+    path = Path(cfg.output_dir) / "status.json"
+    if not attempt.main or not (attempt.wrote_status or (cfg.resume != "false" and path.is_file())):
+        return
+    status = _read_json(path)
+    if status.get("state") == "done" and not attempt.wrote_status:
+        return  # a finished run stays finished: the refused attempt changed nothing in it
+    status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+    if attempt.state is not None:
+        status["step"] = attempt.state.step
+    atomic_write_json(path, status)
 
 
 class MetricsLog:
@@ -484,52 +195,286 @@ class MetricsLog:
             self.wandb.finish()
 
 
-# ---------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(model, eval_x: torch.Tensor, cfg: TrainConfig, tokenizer, code: bool) -> tuple[dict, list[dict]]:
-    """Held-out loss at each fixed rate and ASSD samples; deterministic, leaves the global RNG alone.
+# ---------------------------------------------------------------------------- model and data
+def load_model_and_tokenizer(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
+    """``(ASARM, tokenizer)`` from a checkpoint, a hub id / directory, or a fresh config."""
+    from .model import ASARM
+    from .tokenizer import special_ids
 
-    Args:
-        eval_x: ``(eval_batches * batch_size, N)`` held-out chunks.
-    Returns:
-        ``(metrics, samples)``.
+    tokenizer = _load_tokenizer(cfg, ckpt, accelerator)
+    if ckpt is not None:
+        model = ASARM.from_pretrained(str(ckpt))
+    elif cfg.init == "fresh":
+        model = ASARM.from_config(dict(cfg.model_config), tokenizer=tokenizer, seed=cfg.seed)
+    else:
+        model = ASARM.from_pretrained(cfg.init, cfg.revision or None, tokenizer=tokenizer)
+    if len(tokenizer) > model.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} ids but the model only {model.vocab_size}")
+    mask_id, banned = special_ids(tokenizer)
+    if spec.code:  # a code model must be able to write newlines, tabs and indentation
+        banned = sorted(set(banned) - set(code_whitespace_ids(tokenizer)))
+    return ASARM(model.xlnet, mask_id, banned), tokenizer
+
+
+def _load_tokenizer(cfg: TrainConfig, ckpt: Path | None, accelerator):
+    """The checkpoint's tokenizer, a locally built one (``tokenizer=local``), the one named, or init's own."""
+    from .tokenizer import build_local_tokenizer, load_tokenizer
+
+    if ckpt is not None:
+        return load_tokenizer(str(ckpt))
+    if cfg.tokenizer == "local":
+        local_dir = Path(cfg.output_dir) / "tokenizer"
+        if accelerator.is_main_process:
+            build_local_tokenizer(stdlib_texts(300_000), vocab_size=cfg.local_vocab_size).save_pretrained(local_dir)
+        accelerator.wait_for_everyone()
+        return load_tokenizer(str(local_dir))
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
+    if cfg.init == "fresh":
+        raise ValueError("init=fresh needs a tokenizer: set tokenizer to 'local', a directory or a hub id")
+    try:
+        return load_tokenizer(cfg.init, cfg.revision or None)
+    except (OSError, ValueError):
+        return load_tokenizer("xlnet/xlnet-base-cased")
+
+
+def check_seq_len(cfg: TrainConfig, tokenizer) -> None:
+    limit = min(cfg.model_max_len, tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else 1 << 30)
+    if cfg.seq_len > limit:
+        raise ValueError(f"seq_len={cfg.seq_len} is over the model's limit of {limit} tokens (model_max_len)")
+
+
+# Parameters XLNet only uses with token_type_ids (segments), which AS-ARMs never pass. They are
+# frozen so that DDP (find_unused_parameters=False) never waits for gradients that cannot come.
+UNUSED_PARAMETERS = ("seg_embed", "r_s_bias")
+
+
+def freeze_unused(model) -> list[str]:
+    """Set ``requires_grad=False`` on ``UNUSED_PARAMETERS``; returns their names."""
+    frozen = [n for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in UNUSED_PARAMETERS]
+    for n, p in model.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
+    return frozen
+
+
+def slot_shard(slot: int, grad_accum: int, num_processes: int, replicate: bool = False) -> tuple[int, int]:
+    """``(shard, num_shards)`` of the training stream that micro-batch slot ``slot`` reads.
+
+    Default: each of the ``num_processes * grad_accum`` slots reads its own shard, so one optimizer step sees
+    that many distinct micro-batches. ``replicate`` (the paper's multi-GPU runs, where every rank iterates
+    the same stream): slot ``rank * grad_accum + micro`` reads shard ``micro`` of ``grad_accum``, the same
+    on every rank, so a step sees only ``grad_accum`` distinct micro-batches, each under ``num_processes``
+    different masks.
     """
-    from .orders import random_sorted_order
-    from .sampling import sample
-
-    was_training = model.training
-    model.eval()
-    metrics = {}
-    for i, rate in enumerate(cfg.eval_rates):
-        gen = obj.batch_generator(cfg.seed, -1, i)
-        losses = []
-        for x in eval_x.split(cfg.batch_size):
-            b = obj.make_batch(x, rate, model.mask_token_id, objective=cfg.objective, order=cfg.order,
-                               visible_attention=cfg.visible_attention, generator=gen)
-            logits = model(b.input_ids.to(model.device), b.perm_mask.to(model.device), b.target_mapping.to(model.device))
-            losses.append(obj.target_loss(logits, b.labels.to(model.device)).item())
-        metrics[f"eval_loss@{rate:g}"] = sum(losses) / len(losses)
-    x = eval_x[: cfg.sample_rows].to(model.device)
-    n_known = x.shape[1] - obj.num_targets(x.shape[1], cfg.sample_rate)
-    gen = obj.batch_generator(cfg.seed, -2, 0)
-    sigma = random_sorted_order(x.shape[0], x.shape[1], n_known, generator=gen).to(model.device)
-    prompt = x.masked_fill(sigma >= n_known, model.mask_token_id)
-    out = sample(model, prompt, sigma, torch.full((x.shape[0],), n_known, device=model.device),
-                 method="assd", k=cfg.sample_k, generator=torch.Generator(model.device).manual_seed(cfg.seed))
-    generated = out.sequences[sigma >= n_known]
-    counts = torch.bincount(generated.cpu(), minlength=model.vocab_size).float()
-    p = counts[counts > 0] / counts.sum()
-    metrics.update(assd_nfe=out.nfe.float().mean().item(), assd_tokens=float(x.shape[1] - n_known),
-                   assd_accept_rate=(out.accepted.sum() / out.drafted.sum().clamp(min=1)).item(),
-                   assd_entropy=float(-(p * p.log()).sum()))
-    samples = [{"prompt": decode_text(prompt[r].tolist(), tokenizer, code),
-                "sample": decode_text(out.sequences[r].tolist(), tokenizer, code), "nfe": int(out.nfe[r])}
-               for r in range(x.shape[0])]
-    model.train(was_training)
-    return metrics, samples
+    if not 0 <= slot < grad_accum * num_processes:
+        raise ValueError(f"slot {slot} is outside 0..{grad_accum * num_processes - 1}")
+    return (slot % grad_accum, grad_accum) if replicate else (slot, grad_accum * num_processes)
 
 
-# ---------------------------------------------------------------------------- training
+def open_streams(cfg: TrainConfig, spec, tokenizer, slots: list[int], world: int, main: bool):
+    """``(streams, eval_x)``: one training stream per slot of this rank (each its own shard; replicate_data:
+    alike on every rank), and on the main process the held-out chunks (``None`` elsewhere)."""
+    encode = make_encoder(tokenizer, spec.code, cfg.add_special_tokens)
+    held_out = held_out_digests(spec, cfg.eval_docs)
+    shards = [slot_shard(s, cfg.grad_accum, world, cfg.replicate_data) for s in slots]
+    streams = [PackedStream(lambda sh=sh: open_split(spec, "train", cfg.eval_docs, *sh), encode,
+                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for sh in shards]
+    eval_stream = PackedStream(lambda: open_split(spec, "eval", cfg.eval_docs), encode, tokenizer.eos_token_id,
+                               cfg.seq_len)
+    eval_x = eval_stream.next_batch(cfg.eval_batches * cfg.batch_size) if main else None
+    return streams, eval_x
+
+
+def end_of_data(streams, max_epochs: int, accelerator) -> bool:
+    """True on every rank when any rank's stream has started pass ``max_epochs`` (0-based), i.e. the
+    batches just read hold tokens from beyond the allowed passes. One all-reduce, so ranks agree
+    before any of them starts a forward pass."""
+    ended = any(stream.epoch >= max_epochs for stream in streams)
+    return bool(accelerator.reduce(torch.tensor(float(ended), device=accelerator.device), "sum") > 0)
+
+
+# ---------------------------------------------------------------------------- run and state
+@dataclass
+class Run:
+    """What stays fixed while a run trains: its options, engine, data source, tokenizer, slots and loggers."""
+
+    cfg: TrainConfig
+    accelerator: object  # accelerate.Accelerator
+    spec: object  # asarm.data.DataSpec
+    tokenizer: object
+    run_dir: Path
+    slots: list[int]  # this rank's micro-batch slots, rank * grad_accum + micro
+    num_slots: int  # processes x grad_accum
+    max_steps: int
+    precision: str
+    eval_x: torch.Tensor | None = None  # held-out chunks (main process)
+    log: MetricsLog | None = None  # main process
+    bar: object = None  # tqdm bar (main process, progress=True)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training and that a checkpoint holds (docs/design.md, Training state).
+
+    ``model`` is what the step runs (DDP-wrapped on several processes), ``plain`` the ``ASARM`` underneath
+    (what is saved and evaluated). ``streams[i]`` is the training stream of slot ``Run.slots[i]``."""
+
+    model: torch.nn.Module
+    plain: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object  # the fp16 GradScaler, or None
+    streams: list[PackedStream]
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training steps
+    tokens: int = 0  # tokens trained on
+    wandb_id: str | None = None
+    saved_step: int | None = None  # the step of the newest checkpoint on disk (None: none yet)
+
+
+def new_state(run: Run, model, streams: list[PackedStream]) -> TrainState:
+    """A step-0 state: AdamW over the trainable parameters, linear warm-up and decay, prepared for ``accelerate``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = run.cfg
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=effective_lr(cfg, run.num_slots), weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, run.max_steps)
+    prepared, optimizer = run.accelerator.prepare(model, optimizer)
+    return TrainState(prepared, run.accelerator.unwrap_model(prepared), optimizer, scheduler,
+                      run.accelerator.scaler, streams)
+
+
+def effective_lr(cfg: TrainConfig, num_slots: int) -> float:
+    return cfg.lr * (cfg.batch_size * num_slots / 32 if cfg.scale_lr else 1.0)
+
+
+def parameter_digest(model) -> str:
+    """SHA-256 of every parameter's bytes: equal digests = bitwise-identical models."""
+    h = hashlib.sha256()
+    for _, p in sorted(model.named_parameters()):
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rng_state() -> dict:
+    """This process's global RNG states (Python, numpy, torch, CUDA), saved per rank in every checkpoint.
+
+    The trainer itself never draws from them (each micro-batch has its own generator, and dropout a seeded
+    fork, ``seeded_global_rng``), so exact resume does not rest on them; they are restored on resume for any
+    other code that draws from the global RNG."""
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(run: Run, state: TrainState) -> None:
+    """Checkpoint ``state`` at its step (every process takes part; the main one writes), then mark it saved."""
+    from accelerate.utils import gather_object
+
+    check_finite_parameters(state.plain, f"checkpoint step {state.step}")
+    per_rank = gather_object([{"data": {s: st.state_dict() for s, st in zip(run.slots, state.streams)},
+                               "rng": rng_state()}])
+    if run.main:
+        cfg = run.cfg
+        payload = {"step": state.step, "elapsed": state.elapsed, "tokens": state.tokens, "num_slots": run.num_slots,
+                   "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                   "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+                   "data": {s: d for r in per_rank for s, d in r["data"].items()},
+                   "rng": [r["rng"] for r in per_rank], "wandb_id": state.wandb_id,
+                   "rate_range": obj.rate_range(state.step, cfg.start_rate, cfg.min_rate, cfg.max_rate,
+                                                cfg.rate_warmup_steps),
+                   "config": dataclasses.asdict(cfg)}
+        save_checkpoint(run.run_dir, state.step, state.plain, run.tokenizer, payload, cfg.keep_last)
+        atomic_write_json(run.run_dir / "status.json",
+                          {"state": "running", "step": state.step, "checkpoint": state.step})
+    state.saved_step = state.step
+    run.accelerator.wait_for_everyone()
+
+
+def restore_state(run: Run, state: TrainState, ckpt: Path) -> None:
+    """Load checkpoint ``ckpt``'s training state into ``state`` (the weights are loaded with the model)."""
+    saved = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+    if saved["num_slots"] != run.num_slots:
+        raise ValueError(f"the checkpoint was written with {saved['num_slots']} slots (processes x grad_accum); "
+                         f"this run has {run.num_slots}: keep processes x grad_accum the same to resume")
+    if saved["step"] > run.max_steps:
+        raise ValueError(f"the checkpoint is at step {saved['step']}, past max_steps={run.max_steps}: raise max_steps "
+                         "(or train_sequences) to continue")
+    state.step, state.elapsed, state.tokens = saved["step"], saved["elapsed"], saved["tokens"]
+    state.wandb_id, state.saved_step = saved.get("wandb_id"), saved["step"]
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    if state.scaler is not None and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    for stream, s in zip(state.streams, run.slots):
+        stream.load_state_dict(saved["data"][s])
+    accelerator = run.accelerator
+    if len(saved["rng"]) == accelerator.num_processes:
+        set_rng_state(saved["rng"][accelerator.process_index])
+
+
+# ---------------------------------------------------------------------------- scoped helpers
+@dataclass
+class StopFlag:
+    """Set by the SIGTERM handler of ``sigterm_requests_stop``."""
+
+    requested: bool = False
+
+
+@contextmanager
+def sigterm_requests_stop() -> Iterator[StopFlag]:
+    """Within the block SIGTERM sets the yielded flag instead of ending the process (the trainer checks it at
+    every step boundary); the previous handler is back when the block ends, however it ends."""
+    flag = StopFlag()
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(flag, "requested", True))
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_requested(accelerator, flag: StopFlag) -> bool:
+    """Whether any process got SIGTERM (one all-reduce: all processes agree, so they stop at the same step)."""
+    return bool(accelerator.reduce(torch.tensor(float(flag.requested), device=accelerator.device), "sum") > 0)
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's global RNG seeded by ``seed`` (dropout draws from it and takes no generator),
+    then give the caller back the RNG state it had. Forks and seeds the CPU generator and, when ``device`` is an
+    accelerator, that device's generator."""
+    accelerated = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerated else [],
+                               device_type=device.type if accelerated else None):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        elif accelerated:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
+
+
+# ---------------------------------------------------------------------------- the step
 class TrainingDiverged(ValueError):
     """A non-finite loss, gradient norm or parameter: training stops before the bad update is applied or saved.
 
@@ -555,54 +500,199 @@ def check_finite_parameters(model, where: str) -> None:
                                f"e.g. {bad[:3]}; train into a new --output_dir with a lower --lr")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) a run; returns its directory. Every check runs before the first step.
+def make_step_fn(cfg: TrainConfig, accelerator, slots: list[int]) -> Callable[[TrainState, list], dict]:
+    """``step(state, batches) -> metrics``: one optimizer step over this rank's micro-batches.
 
-    SIGTERM, at any moment (start-up included), ends the run with a checkpoint of the current step and
-    status ``interrupted`` (what the launcher requeues); an error ends it with status ``failed``
-    (``record_failure``)."""
-    stop = {"flag": False}  # installed first: a SIGTERM during start-up is acted on as soon as the state exists
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    # what _train has done so far, for the status an error leaves behind
-    progress = {"main": int(os.environ.get("RANK", "0")) == 0, "wrote_status": False, "step": None}
+    ``batches[i]`` is slot ``slots[i]``'s ``(batch_size, seq_len)`` chunk. The step draws slot ``s``'s masking
+    rate (stratum ``s`` of the step's range), order, prompt and dropout from ``(cfg.seed, state.step, s)``
+    alone, accumulates the gradients (one all-reduce per step), clips, checks for non-finite values, updates
+    and advances ``state.step`` and ``state.tokens``. Returns the step's loss (mean over all slots), lr after
+    the update, masking-rate range and gradient norm."""
+    num_slots = len(slots) * accelerator.num_processes
+    dev = accelerator.device
+
+    def micro_step(state: TrainState, slot: int, x: torch.Tensor, lo: float, hi: float, sync: bool):
+        gen = obj.batch_generator(cfg.seed, state.step, slot)
+        dropout_seed = int(torch.randint(2**62, (), generator=gen))  # dropout: a function of (step, slot)
+        rate = obj.stratified_rate(lo, hi, slot, num_slots, gen)
+        b = obj.make_batch(x, rate, state.plain.mask_token_id, objective=cfg.objective,
+                           order=cfg.order, visible_attention=cfg.visible_attention, generator=gen)
+        # all-reduce once per step; (the prepared model runs under autocast when mixed precision is on)
+        with (nullcontext() if sync else accelerator.no_sync(state.model)), seeded_global_rng(dropout_seed, dev):
+            logits = state.model(b.input_ids.to(dev), b.perm_mask.to(dev), b.target_mapping.to(dev))
+            loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale, cfg.objective)
+            accelerator.backward(loss / len(slots))
+        return loss.detach()
+
+    def step(state: TrainState, batches: list) -> dict:
+        lo, hi = obj.rate_range(state.step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps)
+        losses = [micro_step(state, slot, x, lo, hi, sync=i == len(slots) - 1)
+                  for i, (slot, x) in enumerate(zip(slots, batches))]
+        # max_norm=inf measures the norm without clipping (the gradients are multiplied by exactly 1)
+        grad_norm = float(accelerator.clip_grad_norm_(state.model.parameters(), cfg.grad_clip or math.inf))
+        loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+        check_finite(state.step + 1, loss, grad_norm, state.scaler is not None, state.scheduler.get_last_lr()[0])
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens += cfg.batch_size * num_slots * cfg.seq_len
+        return {"loss": loss, "lr": state.scheduler.get_last_lr()[0], "rate_min": lo, "rate_max": hi,
+                "grad_norm": grad_norm}
+
+    return step
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, eval_x: torch.Tensor, cfg: TrainConfig, tokenizer, code: bool) -> tuple[dict, list[dict]]:
+    """Held-out loss at each fixed rate and ASSD samples; deterministic, leaves the global RNG alone.
+
+    Args:
+        eval_x: ``(eval_batches * batch_size, N)`` held-out chunks.
+    Returns:
+        ``(metrics, samples)``.
+    """
+    was_training = model.training
+    model.eval()
     try:
-        return _train(cfg, stop, progress)
-    except BaseException as exc:
-        record_failure(cfg, progress, exc)
-        raise
+        metrics = heldout_losses(model, eval_x, cfg)
+        sample_metrics, samples = assd_samples(model, eval_x, cfg, tokenizer, code)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        model.train(was_training)
+    return {**metrics, **sample_metrics}, samples
 
 
-def record_failure(cfg: TrainConfig, progress: dict, exc: BaseException) -> None:
-    """Set ``status.json`` to ``failed`` (with the error), so that the launcher never requeues a run that
-    cannot go on (an ``interrupted`` left behind would be requeued forever). Only the main process, and only a
-    status this process wrote or that of the run it was asked to resume: never another run's."""
-    path = Path(cfg.output_dir) / "status.json"
-    if not progress["main"] or not (progress["wrote_status"] or (cfg.resume != "false" and path.is_file())):
+def heldout_losses(model, eval_x: torch.Tensor, cfg: TrainConfig) -> dict:
+    """``{"eval_loss@RATE": mean target loss}`` for each of ``cfg.eval_rates``, batches of ``cfg.batch_size``."""
+    metrics = {}
+    for i, rate in enumerate(cfg.eval_rates):
+        gen = obj.batch_generator(cfg.seed, -1, i)
+        losses = []
+        for x in eval_x.split(cfg.batch_size):
+            b = obj.make_batch(x, rate, model.mask_token_id, objective=cfg.objective, order=cfg.order,
+                               visible_attention=cfg.visible_attention, generator=gen)
+            logits = model(b.input_ids.to(model.device), b.perm_mask.to(model.device), b.target_mapping.to(model.device))
+            losses.append(obj.target_loss(logits, b.labels.to(model.device)).item())
+        metrics[f"eval_loss@{rate:g}"] = sum(losses) / len(losses)
+    return metrics
+
+
+def assd_samples(model, eval_x: torch.Tensor, cfg: TrainConfig, tokenizer, code: bool) -> tuple[dict, list[dict]]:
+    """Complete the first ``cfg.sample_rows`` held-out rows with ASSD from a random sorted-order prompt keeping
+    ``1 - cfg.sample_rate`` of each row (draft length ``cfg.sample_k``, seeded by ``cfg.seed``); returns the
+    calls, acceptance and entropy (bits) of the generated tokens, and the decoded prompts and samples.
+
+    All of the trainer's sampler settings are read here (the ``sample_*`` options)."""
+    from .evaluation.metrics import entropy_bits
+    from .orders import random_sorted_order
+    from .sampling import sample
+
+    x = eval_x[: cfg.sample_rows].to(model.device)
+    n_known = x.shape[1] - obj.num_targets(x.shape[1], cfg.sample_rate)
+    gen = obj.batch_generator(cfg.seed, -2, 0)
+    sigma = random_sorted_order(x.shape[0], x.shape[1], n_known, generator=gen).to(model.device)
+    prompt = x.masked_fill(sigma >= n_known, model.mask_token_id)
+    out = sample(model, prompt, sigma, torch.full((x.shape[0],), n_known, device=model.device),
+                 method="assd", k=cfg.sample_k, generator=torch.Generator(model.device).manual_seed(cfg.seed))
+    counts = torch.bincount(out.sequences[sigma >= n_known].cpu(), minlength=model.vocab_size).double()
+    metrics = {"assd_nfe": out.nfe.float().mean().item(), "assd_tokens": float(x.shape[1] - n_known),
+               "assd_accept_rate": (out.accepted.sum() / out.drafted.sum().clamp(min=1)).item(),
+               "assd_entropy_bits": entropy_bits(counts / counts.sum())}
+    samples = [{"prompt": decode_text(prompt[r].tolist(), tokenizer, code),
+                "sample": decode_text(out.sequences[r].tolist(), tokenizer, code), "nfe": int(out.nfe[r])}
+               for r in range(x.shape[0])]
+    return metrics, samples
+
+
+def run_evaluation(run: Run, state: TrainState) -> None:
+    """Evaluate on the main process, log the metrics row and append the samples; every process waits."""
+    if run.main:
+        metrics, samples = evaluate(state.plain, run.eval_x, run.cfg, run.tokenizer, run.spec.code)
+        run.log.log({"step": state.step, "kind": "eval", **metrics})
+        with open(run.run_dir / "samples.jsonl", "a") as f:
+            f.write(json.dumps({"step": state.step, "samples": samples}) + "\n")
+    run.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- the loop
+def train_loop(run: Run, state: TrainState, step_fn, stop: Callable[[], bool],
+               after_step: Callable[[TrainState], None] | None = None) -> tuple[bool, bool]:
+    """Train from ``state.step`` to ``run.max_steps``: step, log, evaluate every ``eval_steps`` and checkpoint
+    every ``save_steps``, at the end and when ``stop()`` (SIGTERM on any process) says so. ``after_step(state)``
+    runs after each step's evaluation and checkpoint (tests inject crashes there). Returns ``(stopped, end of
+    data)``: stopped = stopped by ``stop()`` (checkpointed, the final evaluation left to the resumed run)."""
+    cfg = run.cfg
+    stopping, data_ended = stop(), False
+    if stopping and state.saved_step != state.step:  # SIGTERM during start-up: the state exists now, save it
+        save_state(run, state)
+    while state.step < run.max_steps and not stopping:
+        t0 = time.perf_counter()
+        batches = [stream.next_batch(cfg.batch_size) for stream in state.streams]
+        if cfg.max_epochs and end_of_data(state.streams, cfg.max_epochs, run.accelerator):
+            data_ended = True  # this step would read the next pass: drop it, like the paper's loader drops its tail
+            if state.step == 0:
+                raise ValueError(f"a data shard holds less than one step of tokens ({cfg.batch_size} x {cfg.seq_len}) "
+                                 "in one pass: use fewer slots (processes x accumulation), smaller batches or more data")
+            break
+        metrics = step_fn(state, batches)
+        stopping = stop()
+        log_step(run, state, metrics, time.perf_counter() - t0)
+        if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < run.max_steps:
+            run_evaluation(run, state)
+        if state.step % cfg.save_steps == 0 or state.step == run.max_steps or stopping:
+            save_state(run, state)
+        if after_step is not None:
+            after_step(state)
+    # a SIGTERM during the last step's save (or the end of the data): the resumed run does the final evaluation
+    stopping = stopping or stop()
+    if (stopping or data_ended) and state.saved_step != state.step:
+        save_state(run, state)
+    return stopping, data_ended
+
+
+def log_step(run: Run, state: TrainState, metrics: dict, seconds: float) -> None:
+    """Count the step's time; on the main process write its metrics row (every ``log_steps`` and the last)."""
+    state.elapsed += seconds
+    if not run.main:
         return
-    status = _read_json(path)
-    if status.get("state") == "done" and not progress["wrote_status"]:
-        return  # a finished run stays finished: the refused attempt changed nothing in it
-    status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-    if progress["step"] is not None:
-        status["step"] = progress["step"]
-    atomic_write_json(path, status)
+    if state.step % run.cfg.log_steps == 0 or state.step == run.max_steps:
+        run.log.log({"step": state.step, "kind": "train", **metrics,
+                     "tokens_per_s": run.cfg.batch_size * run.num_slots * run.cfg.seq_len / seconds,
+                     "tokens": state.tokens, "elapsed_s": state.elapsed})
+    if run.bar:
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{metrics['loss']:.4f}", r=f"{metrics['rate_min']:.2f}-{metrics['rate_max']:.2f}")
 
 
-def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
+def finish(run: Run, state: TrainState, stopping: bool, data_ended: bool) -> None:
+    """The final evaluation and model (unless stopped) and ``status.json``: ``done`` or ``interrupted``."""
+    from accelerate.utils import gather_object
+
+    if not stopping:
+        run_evaluation(run, state)
+        check_finite_parameters(state.plain, "the final model")
+    checksums = gather_object([parameter_digest(state.plain)])
+    if run.main:
+        if run.bar:
+            run.bar.close()
+        if not stopping:
+            state.plain.save_pretrained(run.run_dir / "model", run.tokenizer)
+        status = {"state": "interrupted" if stopping else "done", "step": state.step, "max_steps": run.max_steps,
+                  "end_of_data": data_ended, "checkpoint": state.saved_step,
+                  "world_size": run.accelerator.num_processes, "param_checksums": checksums,
+                  "ranks_identical": len(set(checksums)) == 1}
+        atomic_write_json(run.run_dir / "status.json", status)
+        run.log.close()
+        print(f"asarm train: {status['state']} at step {state.step}; run directory {run.run_dir}", file=sys.stderr)
+    run.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- start-up
+def make_accelerator(cfg: TrainConfig):
+    """``(Accelerator, precision)``; precision ``auto`` = bf16 on GPUs that have it, else fp16 on GPUs, else no."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, gather_object
-    from transformers import get_linear_schedule_with_warmup
-
-    check_config(cfg)
-    code_ws = None if cfg.code_whitespace == "auto" else cfg.code_whitespace == "true"
-    spec = resolve_dataset(cfg.dataset, cfg.text_field or None, code_ws)
-    check_not_empty(spec)
-    search = check_run_dir(cfg)
-    ckpt = search.checkpoint
-    changes = check_resume_config(cfg, ckpt) if ckpt is not None else {}
-    run_dir = Path(cfg.output_dir)
+    from accelerate.utils import DistributedDataParallelKwargs
 
     precision = cfg.mixed_precision
     if precision == "auto":
@@ -610,211 +700,111 @@ def _train(cfg: TrainConfig, stop: dict, progress: dict) -> Path:
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu, step_scheduler_with_optimizer=False,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    progress["main"] = main
-    num_slots = world * cfg.grad_accum
-    max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
+    return accelerator, precision
+
+
+def set_aside_damaged(accelerator, search: CheckpointSearch) -> None:
+    """Warn about and rename the damaged checkpoints newer than the one resumed (main process)."""
     accelerator.wait_for_everyone()  # every process has verified the checkpoints before any is renamed
-    if main:
+    if accelerator.is_main_process:
         for note in search.notes:
             warnings.warn(note, CheckpointWarning, stacklevel=2)
-        for directory, reason in search.damaged:  # newer than the checkpoint resumed: set aside, kept for inspection
+        for directory, reason in search.damaged:  # kept for inspection
             quarantine(directory, reason)
     accelerator.wait_for_everyone()
 
+
+def start(cfg: TrainConfig, attempt: Attempt) -> tuple[Run, TrainState]:
+    """Everything before the first step: checks, the engine, model, data and state (resumed when there is a
+    checkpoint), then the run directory's files. Nothing is written before the checks pass."""
+    code_ws = None if cfg.code_whitespace == "auto" else cfg.code_whitespace == "true"
+    spec = resolve_dataset(cfg.dataset, cfg.text_field or None, code_ws)
+    check_not_empty(spec)
+    search = check_run_dir(cfg)
+    ckpt = search.checkpoint
+    changes = check_resume_config(cfg, ckpt) if ckpt is not None else {}
+    accelerator, precision = make_accelerator(cfg)
+    attempt.main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    num_slots = world * cfg.grad_accum
+    max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
+    set_aside_damaged(accelerator, search)
+
     model, tokenizer = load_model_and_tokenizer(cfg, spec, ckpt, accelerator)
-    limit = min(cfg.model_max_len, tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else 1 << 30)
-    if cfg.seq_len > limit:
-        raise ValueError(f"seq_len={cfg.seq_len} is over the model's limit of {limit} tokens (model_max_len)")
+    check_seq_len(cfg, tokenizer)
     frozen = freeze_unused(model)
     model.train()
-
-    # data: this rank's slots, each its own shard (replicate_data: alike on every rank); plus the held-out chunks
-    encode = make_encoder(tokenizer, spec.code, cfg.add_special_tokens)
     slots = [rank * cfg.grad_accum + a for a in range(cfg.grad_accum)]
-    held_out = held_out_digests(spec, cfg.eval_docs)
-    shards = [slot_shard(s, cfg.grad_accum, world, cfg.replicate_data) for s in slots]
-    streams = [PackedStream(lambda sh=sh: open_split(spec, "train", cfg.eval_docs, *sh), encode,
-                            tokenizer.eos_token_id, cfg.seq_len, exclude=held_out) for sh in shards]
-    eval_stream = PackedStream(lambda: open_split(spec, "eval", cfg.eval_docs), encode, tokenizer.eos_token_id, cfg.seq_len)
-    eval_x = eval_stream.next_batch(cfg.eval_batches * cfg.batch_size) if main else None
-
-    lr = cfg.lr * (cfg.batch_size * num_slots / 32 if cfg.scale_lr else 1.0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    plain = accelerator.unwrap_model(model)
-
-    step, elapsed, tokens, wandb_id = 0, 0.0, 0, None
+    streams, eval_x = open_streams(cfg, spec, tokenizer, slots, world, accelerator.is_main_process)
+    run = Run(cfg, accelerator, spec, tokenizer, Path(cfg.output_dir), slots, num_slots, max_steps, precision, eval_x)
+    state = new_state(run, model, streams)
     if ckpt is not None:
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-        if state["num_slots"] != num_slots:
-            raise ValueError(f"the checkpoint was written with {state['num_slots']} slots (processes x grad_accum); "
-                             f"this run has {num_slots}: keep processes x grad_accum the same to resume")
-        step, elapsed, tokens, wandb_id = state["step"], state["elapsed"], state["tokens"], state.get("wandb_id")
-        if step > max_steps:
-            raise ValueError(f"the checkpoint is at step {step}, past max_steps={max_steps}: raise max_steps "
-                             "(or train_sequences) to continue")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        for stream, s in zip(streams, slots):
-            stream.load_state_dict(state["data"][s])
-        if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
-    saved_step = step if ckpt is not None else None  # the step of the newest checkpoint on disk
-    progress["step"] = step
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(run_dir, cfg, step, changes)
-        atomic_write_json(run_dir / "status.json", {"state": "running", "step": step, "checkpoint": saved_step})
-        progress["wrote_status"] = True
-        clean_temporaries(run_dir)
-        log = MetricsLog(run_dir, cfg, step, wandb_id)
-        print(f"asarm train: {world} process(es) x {cfg.grad_accum} micro-batches x {cfg.batch_size} sequences x "
-              f"{cfg.seq_len} tokens, {max_steps} steps, lr {lr:.3g}, precision {precision}, "
-              f"{'resuming at step ' + str(step) + ' from ' + ckpt.name if ckpt else 'fresh start'}"
-              f"{'; changed: ' + ', '.join(changes) if changes else ''}; frozen (unused): {len(frozen)} tensors",
-              file=sys.stderr)
+        restore_state(run, state, ckpt)
+    attempt.state = state
+    if run.main:
+        open_run_dir(run, state, attempt, changes)
+        print(startup_line(run, state, ckpt, changes, len(frozen)), file=sys.stderr)
+        if cfg.progress:
+            from tqdm.auto import tqdm
 
-    def checkpoint():
-        nonlocal saved_step
-        check_finite_parameters(plain, f"checkpoint step {step}")
-        per_rank = gather_object([{"data": {s: st.state_dict() for s, st in zip(slots, streams)}, "rng": rng_state()}])
-        if main:
-            state = {"step": step, "elapsed": elapsed, "tokens": tokens, "num_slots": num_slots,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                     "data": {s: d for r in per_rank for s, d in r["data"].items()},
-                     "rng": [r["rng"] for r in per_rank], "wandb_id": log.wandb_id,
-                     "rate_range": obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps),
-                     "config": dataclasses.asdict(cfg)}
-            save_checkpoint(run_dir, step, plain, tokenizer, state, cfg.keep_last)
-            atomic_write_json(run_dir / "status.json", {"state": "running", "step": step, "checkpoint": step})
-        saved_step = step
-        accelerator.wait_for_everyone()
-
-    def run_eval():
-        if main:
-            metrics, samples = evaluate(plain, eval_x, cfg, tokenizer, spec.code)
-            log.log({"step": step, "kind": "eval", **metrics})
-            with open(run_dir / "samples.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "samples": samples}) + "\n")
-        accelerator.wait_for_everyone()
-
-    def stop_requested() -> bool:
-        """Whether any process got SIGTERM (all processes agree, so they stop at the same step)."""
-        flag = torch.tensor(float(stop["flag"]), device=accelerator.device)
-        return bool(accelerator.reduce(flag, "sum") > 0)
-
-    bar = None
-    if main and cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_steps, initial=step, desc="train", dynamic_ncols=True)
-    kill_sig, _, kill_step = cfg.debug_signal.partition("@")
-    scaler_active = accelerator.scaler is not None
-    data_ended = False
-
-    stopping = stop_requested()
-    if stopping and saved_step != step:  # SIGTERM during start-up: the state exists now, save it
-        checkpoint()
-    while step < max_steps and not stopping:
-        t0 = time.perf_counter()
-        lo, hi = obj.rate_range(step, cfg.start_rate, cfg.min_rate, cfg.max_rate, cfg.rate_warmup_steps)
-        losses = []
-        batches = [stream.next_batch(cfg.batch_size) for stream in streams]
-        if cfg.max_epochs and end_of_data(streams, cfg.max_epochs, accelerator):
-            if step == 0:
-                raise ValueError(f"a data shard holds less than one step of tokens ({cfg.batch_size} x {cfg.seq_len}) "
-                                 "in one pass: use fewer slots (processes x accumulation), smaller batches or more data")
-            data_ended = True  # this step would read the next pass: drop it, like the paper's loader drops its tail
-            if saved_step != step:
-                checkpoint()
-            break
-        for micro, (slot, stream, x) in enumerate(zip(slots, streams, batches)):
-            gen = obj.batch_generator(cfg.seed, step, slot)
-            torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # dropout: a function of (step, slot)
-            rate = obj.stratified_rate(lo, hi, slot, num_slots, gen)
-            b = obj.make_batch(x, rate, plain.mask_token_id, objective=cfg.objective,
-                               order=cfg.order, visible_attention=cfg.visible_attention, generator=gen)
-            last = micro == len(slots) - 1
-            with nullcontext() if last else accelerator.no_sync(model):  # all-reduce once per step
-                dev = accelerator.device  # (the prepared model runs under autocast when mixed precision is on)
-                logits = model(b.input_ids.to(dev), b.perm_mask.to(dev), b.target_mapping.to(dev))
-                loss = obj.target_loss(logits, b.labels.to(dev)) * obj.loss_weight(rate, cfg.loss_scale, cfg.objective)
-                accelerator.backward(loss / len(slots))
-            losses.append(loss.detach())
-        # max_norm=inf measures the norm without clipping (the gradients are multiplied by exactly 1)
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
-        step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-        check_finite(step + 1, step_loss, grad_norm, scaler_active, scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        progress["step"] = step
-        stopping = stop_requested()
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        tokens += cfg.batch_size * num_slots * cfg.seq_len
-        if main:
-            if step % cfg.log_steps == 0 or step == max_steps:
-                log.log({"step": step, "kind": "train", "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                         "rate_min": lo, "rate_max": hi, "grad_norm": grad_norm,
-                         "tokens_per_s": cfg.batch_size * num_slots * cfg.seq_len / dt, "tokens": tokens,
-                         "elapsed_s": elapsed})
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", r=f"{lo:.2f}-{hi:.2f}")
-        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < max_steps:
-            run_eval()
-        if step % cfg.save_steps == 0 or step == max_steps or stopping:
-            checkpoint()
-        if kill_sig and step == int(kill_step):
-            os.kill(os.getpid(), getattr(signal, "SIG" + kill_sig))
-    # a SIGTERM during the last step's save: stop here too; the resumed run does the final evaluation
-    stopping = stopping or stop_requested()
-    if stopping and saved_step != step:
-        checkpoint()
-    if not stopping:
-        run_eval()
-        check_finite_parameters(plain, "the final model")
-    checksums = gather_object([parameter_digest(plain)])
-    if main:
-        if bar:
-            bar.close()
-        if not stopping:
-            plain.save_pretrained(run_dir / "model", tokenizer)
-        status = {"state": "interrupted" if stopping else "done", "step": step, "max_steps": max_steps,
-                  "end_of_data": data_ended,
-                  "checkpoint": saved_step, "world_size": world, "param_checksums": checksums,
-                  "ranks_identical": len(set(checksums)) == 1}
-        atomic_write_json(run_dir / "status.json", status)
-        log.close()
-        print(f"asarm train: {status['state']} at step {step}; run directory {run_dir}", file=sys.stderr)
-    accelerator.wait_for_everyone()
-    return run_dir
+            run.bar = tqdm(total=max_steps, initial=state.step, desc="train", dynamic_ncols=True)
+    return run, state
 
 
-# ---------------------------------------------------------------------------- command line
+def startup_line(run: Run, state: TrainState, ckpt: Path | None, changes: dict, frozen: int) -> str:
+    cfg, world = run.cfg, run.accelerator.num_processes
+    return (f"asarm train: {world} process(es) x {cfg.grad_accum} micro-batches x {cfg.batch_size} sequences x "
+            f"{cfg.seq_len} tokens, {run.max_steps} steps, lr {effective_lr(cfg, run.num_slots):.3g}, precision "
+            f"{run.precision}, {f'resuming at step {state.step} from {ckpt.name}' if ckpt else 'fresh start'}"
+            f"{'; changed: ' + ', '.join(changes) if changes else ''}; frozen (unused): {frozen} tensors")
+
+
+def open_run_dir(run: Run, state: TrainState, attempt: Attempt, changes: dict) -> None:
+    """Main process: ``config.yaml``, status ``running``, temporaries of interrupted saves removed and the logs
+    (rows after the resumed step dropped)."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run.run_dir, run.cfg, state.step, changes)
+    atomic_write_json(run.run_dir / "status.json", {"state": "running", "step": state.step,
+                                                    "checkpoint": state.saved_step})
+    attempt.wrote_status = True
+    clean_temporaries(run.run_dir)
+    run.log = MetricsLog(run.run_dir, run.cfg, state.step, state.wandb_id)
+    state.wandb_id = run.log.wandb_id
+
+
+# ---------------------------------------------------------------------------- entry points
+def train(cfg: TrainConfig, *, after_step: Callable[[TrainState], None] | None = None) -> Path:
+    """Train (or resume) a run; returns its directory. Every check runs before the first step.
+
+    SIGTERM, at any moment (start-up included), ends the run with a checkpoint of the current step and
+    status ``interrupted`` (what the launcher requeues); an error ends it with status ``failed``
+    (``record_failure``). ``after_step(state)``: called after every step's evaluation and checkpoint, for tests
+    that inject crashes (``tests/test_train_resume.py``)."""
+    attempt = Attempt(main=int(os.environ.get("RANK", "0")) == 0)
+    # installed first: a SIGTERM during start-up is acted on as soon as the state exists
+    with sigterm_requests_stop() as flag:
+        try:
+            check_config(cfg)
+            run, state = start(cfg, attempt)
+            step_fn = make_step_fn(cfg, run.accelerator, run.slots)
+            stopping, data_ended = train_loop(run, state, step_fn, lambda: stop_requested(run.accelerator, flag),
+                                              after_step)
+            finish(run, state, stopping, data_ended)
+        except BaseException as exc:
+            record_failure(cfg, attempt, exc)
+            raise
+    return run.run_dir
+
+
 def register_train(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune an AS-ARM (masking-distribution objective)",
                        description="Train an AS-ARM. Options come from --config FILE (YAML) and are overridden by "
                                    "--key value on the command line (lists and dicts in YAML syntax, e.g. "
-                                   "--eval_rates '[0.5, 0.9]'). Run several processes with torchrun or _run_training.sh.",
-)
-    p.add_argument("--config", default=None, help="YAML file of options")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        flags = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
-        p.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=type(getattr(defaults, f.name)).__name__.upper(),
-                       help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})")
+                                   "--eval_rates '[0.5, 0.9]'). Run several processes with torchrun or _run_training.sh.")
+    add_config_arguments(p)
     p.set_defaults(func=run_train)
 
 
 def run_train(args) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "debug")}
-    train(TrainConfig.load(args.config, overrides))
+    train(config_from_arguments(args))
     return 0

@@ -17,6 +17,16 @@ def test_unigram_entropy_by_hand():
     assert metrics.unigram_entropy(list(range(8))) == pytest.approx(3.0)
 
 
+def test_entropy_bits_by_hand():
+    # H(1/2, 1/4, 1/4) = 1/2 * 1 + 2 * 1/4 * 2 = 1.5 bits; zeros add nothing; a certain outcome is 0 (not -0)
+    assert metrics.entropy_bits([0.5, 0.25, 0.25]) == pytest.approx(1.5)
+    assert metrics.entropy_bits([0.5, 0.0, 0.25, 0.25, 0.0]) == pytest.approx(1.5)
+    assert math.copysign(1.0, metrics.entropy_bits([0.0, 1.0])) == 1.0
+    assert metrics.entropy_bits(torch.full((8,), 1 / 8, dtype=torch.float64)) == pytest.approx(3.0)
+    batch = metrics.entropy_bits(np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]))
+    assert batch.shape == (2,) and batch == pytest.approx([1.0, 2.0])
+
+
 def test_mean_se_by_hand():
     mean, se = metrics.mean_se([1.0, 2.0, 3.0, None, float("nan")])
     assert mean == pytest.approx(2.0)

@@ -3,6 +3,7 @@ config drift and non-finite losses: test_train_resume.py)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,7 @@ def test_tiny_config_trains_loss_falls_and_the_model_samples(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [20, 40] and all(r["assd_nfe"] >= 1 for r in evals)
+    assert all(0 < r["assd_entropy_bits"] <= 16 for r in evals)  # bits (asarm.evaluation.metrics.entropy_bits)
     assert {"loss", "lr", "rate_min", "rate_max", "tokens_per_s", "elapsed_s"} <= set(rows[0])
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000030", "step_00000040"]
@@ -91,13 +93,46 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path, reference_
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
-    run = train(_cfg(tmp_path, save_steps=100, debug_signal="TERM@2"))
+    def term_after_step_2(state):  # the crash hook: a SIGTERM between steps 2 and 3, as a scheduler sends it
+        if state.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    caller_rng, caller_handler = torch.get_rng_state(), signal.getsignal(signal.SIGTERM)
+    run = train(_cfg(tmp_path, save_steps=100), after_step=term_after_step_2)
+    assert torch.equal(torch.get_rng_state(), caller_rng)  # dropout's seeding is scoped: a fresh run leaves it alone
+    assert signal.getsignal(signal.SIGTERM) is caller_handler  # the trainer's handler is gone with train()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and status["step"] == 3
     assert latest_checkpoint(run).name == "step_00000003"
     train(_cfg(tmp_path, resume="true"))
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert sorted(_losses(run)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_scoped_helpers_give_back_the_rng_and_the_signal_handler():
+    from asarm.train import seeded_global_rng, sigterm_requests_stop
+
+    dropout = torch.nn.Dropout(0.5)
+    caller = torch.get_rng_state()
+    draws = []
+    for _ in range(2):
+        with seeded_global_rng(123, torch.device("cpu")):
+            draws.append(dropout(torch.ones(64)))
+    assert torch.equal(*draws) and torch.equal(torch.get_rng_state(), caller)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="boom"):
+        with sigterm_requests_stop() as flag:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert flag.requested
+            raise RuntimeError("boom")
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_retired_debug_signal_option():
+    """Old run directories' config.yaml (debug_signal: '') still load; setting it says what replaced it."""
+    assert TrainConfig.from_dict({"debug_signal": "", "seed": 3}).seed == 3
+    with pytest.raises(ValueError, match="debug_signal was removed.*after_step"):
+        TrainConfig.from_dict({"debug_signal": "KILL@2"})
 
 
 def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, local_tokenizer, monkeypatch):

@@ -32,24 +32,37 @@ TINY = dict(eval_docs=4, seq_len=32, init="fresh", tokenizer="local", local_voca
             grad_accum=2, lr=1e-3, scale_lr=False, warmup_steps=2, max_steps=MAX_STEPS, cpu=True, save_steps=1,
             keep_last=MAX_STEPS, log_steps=1, eval_steps=0, eval_rates=[0.5], eval_batches=1, sample_rows=1,
             sample_rate=0.5, progress=False)
-# a fresh process that runs train() and SIGKILLs itself inside its Nth save, after every data file of that
-# checkpoint is written and before its manifest is (argv: config as JSON, N; N=0: never)
-KILL_IN_SAVE = """
+# a fresh process that runs train() and SIGKILLs itself either right after step N (argv[3]; its evaluation and
+# checkpoint done) or inside its Mth save, after every data file of that checkpoint is written and before its
+# manifest is (argv[2]); argv[1]: the config as JSON; 0: never
+CRASHING_TRAIN = """
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 from asarm import checkpoint
 from asarm.train import TrainConfig, train
-cfg, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
+cfg, kill_in_save, kill_after = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 real, calls = checkpoint.write_manifest, []
 def write_manifest(directory, step):
     calls.append(step)
-    if len(calls) == kill_at:
+    if len(calls) == kill_in_save:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(directory, step)
 checkpoint.write_manifest = write_manifest
-train(TrainConfig.from_dict(cfg))
+def after_step(state):
+    if state.step == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+train(TrainConfig.from_dict(cfg), after_step=after_step)
 """
+
+
+def signal_after(step: int, signum: int):
+    """A ``train(after_step=...)`` hook: the process sends itself ``signum`` once step ``step`` is done (its
+    evaluation and checkpoint included), as a scheduler or the OOM killer would between two steps."""
+    def after_step(state):
+        if state.step == step:
+            os.kill(os.getpid(), signum)
+    return after_step
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,10 +105,10 @@ def _status(run_dir) -> dict:
     return json.loads((Path(run_dir) / "status.json").read_text())
 
 
-def _in_subprocess(cfg: dict, kill_in_save: int = 0) -> subprocess.CompletedProcess:
+def _in_subprocess(cfg: dict, kill_in_save: int = 0, kill_after: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", KILL_IN_SAVE, json.dumps(cfg), str(kill_in_save)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", CRASHING_TRAIN, json.dumps(cfg), str(kill_in_save), str(kill_after)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _term_during_startup(monkeypatch):
@@ -178,8 +191,8 @@ def test_chain_of_interruptions_repeats_the_uninterrupted_run_bitwise(corpus, re
         _term_during_startup(m)
         train(TrainConfig.from_dict(cfg))
     assert _status(run)["state"] == "interrupted" and latest_checkpoint(run).name == "step_00000000"
-    # 2. SIGKILL right after the save of step 2 (the existing crash hook)
-    out = _in_subprocess({**cfg, "debug_signal": "KILL@2"})
+    # 2. SIGKILL right after the save of step 2
+    out = _in_subprocess(cfg, kill_after=2)
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     assert latest_checkpoint(run).name == "step_00000002"
     # 3. SIGKILL inside the second save of the next process (step 4): step 3 is the newest intact checkpoint
@@ -191,7 +204,7 @@ def test_chain_of_interruptions_repeats_the_uninterrupted_run_bitwise(corpus, re
     # document since its resume at step 2
     assert any(a == b for a, b in zip(_stream_docs(run, 2), _stream_docs(run, 3))), "precondition"
     # 4. SIGTERM after step 5: the trainer saves step 6 and stops
-    train(TrainConfig.from_dict({**cfg, "debug_signal": "TERM@5"}))
+    train(TrainConfig.from_dict(cfg), after_step=signal_after(5, signal.SIGTERM))
     assert _status(run)["state"] == "interrupted" and _status(run)["step"] == 6
     # 5. the rest
     train(TrainConfig.from_dict(cfg))

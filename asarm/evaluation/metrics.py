@@ -1,6 +1,8 @@
 """Metrics shared by the evaluations: pure functions on numbers, token ids and strings.
 
 * ``mean_se``: mean and standard error of a sample.
+* ``entropy_bits``: Shannon entropy (bits) of a distribution; the one entropy definition of asarm
+  (the evaluations' ``unigram_entropy`` and the trainer's ``assd_entropy_bits`` both use it).
 * ``unigram_entropy``: entropy (bits) of a sequence's own token histogram.
 * ``perplexity_from_nll`` / ``judge_nll`` / ``load_judge``: generative
   perplexity under a causal "judge" LM. Convention: per sequence,
@@ -38,13 +40,22 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), se
 
 
+def entropy_bits(probs) -> float | np.ndarray:
+    """Shannon entropy in bits, ``-sum p log2 p``, of the distribution(s) along the last dimension of ``probs``
+    (an array, list or CPU tensor of probabilities summing to 1); zero probabilities contribute nothing.
+    A float for one distribution, an array of entropies for a batch of them."""
+    p = np.asarray(probs, dtype=float)
+    terms = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
+    h = -terms.sum(axis=-1) + 0.0  # + 0.0: a certain outcome gives 0.0, not -0.0
+    return float(h) if h.ndim == 0 else h
+
+
 def unigram_entropy(token_ids: Sequence[int]) -> float:
     """Entropy in bits of the empirical unigram distribution of ``token_ids`` (0 for < 2 distinct)."""
     counts = np.array(list(Counter(token_ids).values()), dtype=float)
     if counts.sum() == 0:
         return 0.0
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return entropy_bits(counts / counts.sum())
 
 
 def perplexity_from_nll(mean_nll: float) -> float:
