@@ -66,6 +66,12 @@ class Meter:
         self.calls, self.net_s, self.t0 = 0, 0.0, time.perf_counter()
         self.setup_s = None  # time from the start to the end of the first call (prompt pass)
 
+    def __getattr__(self, name):
+        """Anything else a sampler asks of its decoder goes to the wrapped one (not counted or timed)."""
+        if name == "decoder":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.decoder, name)
+
     def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None, **kwargs):
         if time.perf_counter() - self.t0 > self.budget_s:
             raise OutOfBudget

@@ -30,12 +30,12 @@ CONFIGS = {
 }
 
 
-def train_step(model, opt, batch: int, length: int, rate: float, seed: int, autocast_dtype=None) -> int:
+def train_step(model, opt, batch: int, length: int, rate: float, seed: int, autocast_dtype=None) -> tuple[int, float]:
     """One forward/backward/AdamW step of the joint objective on random tokens, on the model's device.
 
     ``autocast_dtype`` (e.g. ``torch.bfloat16``): run forward and loss under autocast, as
     mixed-precision training does (weights, gradients and AdamW states stay fp32).
-    Returns the number of targets per row.
+    Returns ``(targets per row, loss)``.
     """
     import contextlib
 
@@ -54,7 +54,7 @@ def train_step(model, opt, batch: int, length: int, rate: float, seed: int, auto
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=False)
-    return int(b.labels.shape[1])
+    return int(b.labels.shape[1]), float(loss.detach())
 
 
 def one_step(config: str, length: int, batch: int, rate: float) -> dict:
@@ -71,7 +71,7 @@ def one_step(config: str, length: int, batch: int, rate: float) -> dict:
     # AdamW allocates its states lazily: take one step first so they count as "static"
     train_step(model, opt, 1, 16, rate, seed=0)
     static = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    targets = train_step(model, opt, batch, length, rate, seed=1)
+    targets, _ = train_step(model, opt, batch, length, rate, seed=1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"params": params, "static": static, "peak": peak, "targets": targets}
 
