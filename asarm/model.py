@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -204,8 +204,10 @@ class ASARM(nn.Module):
         """
         # HF XLNet builds its relative position embeddings in float32 and does not cast them
         # on the two-stream path, so half-precision weights need autocast to run at all.
+        # fp32 weights: no context at all, so a caller's autocast (mixed-precision training)
+        # stays in force (``autocast(enabled=False)`` would switch it off).
         half = self.dtype in (torch.float16, torch.bfloat16)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=half):
+        with torch.autocast(self.device.type, dtype=self.dtype) if half else nullcontext():
             out = self.xlnet(
                 input_ids=input_ids,
                 perm_mask=perm_mask.to(self.dtype),

@@ -66,11 +66,17 @@ class Meter:
         self.calls, self.net_s, self.t0 = 0, 0.0, time.perf_counter()
         self.setup_s = None  # time from the start to the end of the first call (prompt pass)
 
-    def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None):
+    def __getattr__(self, name):
+        """Anything else a sampler asks of its decoder goes to the wrapped one (not counted or timed)."""
+        if name == "decoder":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.decoder, name)
+
+    def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None, **kwargs):
         if time.perf_counter() - self.t0 > self.budget_s:
             raise OutOfBudget
         t = time.perf_counter()
-        out = self.decoder(rows, x, n_known, q_start, q_count, num_queries)
+        out = self.decoder(rows, x, n_known, q_start, q_count, num_queries, **kwargs)
         self.net_s += time.perf_counter() - t
         self.calls += 1
         self.known[rows] = n_known
@@ -88,14 +94,15 @@ def make_inputs(batch, length, vocab, mask_id, seed):
     return x, sigma, torch.full((batch,), m)
 
 
-def run_cell(model, backend, method, batch, length, samples, budget_s, must_finish=False, seed=0):
+def run_cell(model, backend, method, batch, length, samples, budget_s, must_finish=False, seed=0, **sample_kwargs):
     """Decode up to ``samples`` rows, ``batch`` rows per ``asarm.sample`` call, within ``budget_s``.
 
     Whole calls of ``asarm.sample`` are timed. A call that runs past the budget
     is stopped at its next network call (unless ``must_finish``); it then counts
     as ``partial`` with ``done`` the fraction of its tokens decoded.
     Returns totals over the finished calls (``seconds``, ``net_s`` in the network,
-    ``nfe``, ``samples``) and the ``partial`` one (or None).
+    ``nfe``, ``samples``) and the ``partial`` one (or None). ``sample_kwargs`` go to
+    ``asarm.sample``; the model may be on any device (inputs and generators stay on the CPU).
     """
     res = dict(seconds=0.0, net_s=0.0, nfe=0, samples=0, partial=None)
     for r in range(max(1, samples // batch)):
@@ -111,11 +118,11 @@ def run_cell(model, backend, method, batch, length, samples, budget_s, must_fini
         t = time.perf_counter()
         try:
             out = asarm.sample(model, x, sigma, m, method=method, k=5,
-                               generator=torch.Generator().manual_seed(seed + r), backend=backend)
+                               generator=torch.Generator().manual_seed(seed + r), backend=backend, **sample_kwargs)
         except OutOfBudget:
             meter = meters[0]
             res["partial"] = dict(seconds=time.perf_counter() - t, setup_s=meter.setup_s, calls=meter.calls,
-                                  net_s=meter.net_s, done=float((meter.known - m).sum() / (length - m).sum()))
+                                  net_s=meter.net_s, done=float((meter.known.cpu() - m).sum() / (length - m).sum()))
             break
         finally:
             del model.decoder
@@ -128,6 +135,25 @@ def run_cell(model, backend, method, batch, length, samples, budget_s, must_fini
     return res
 
 
+def cell_stats(r, batch, ref=None):
+    """``(seconds/sample, NFE/sample, note, share in network)`` of a ``run_cell`` result.
+
+    A cell that did not finish is extrapolated: with ``ref`` (the finished cached run of
+    the same method, inputs and seed: a plain cell) as seconds per call x ``ref``'s NFE;
+    without, as first call + the later calls x (tokens to decode / tokens decoded).
+    """
+    p = r["partial"]
+    if r["samples"]:
+        return r["seconds"] / r["samples"], r["nfe"] / r["samples"], "", r["net_s"] / r["seconds"]
+    if ref is not None:  # every plain call costs the same
+        nfe = ref["nfe"] / ref["samples"]
+        note = f"~ extrapolated from {p['calls']} calls"
+        return p["seconds"] / p["calls"] * nfe, nfe, note, p["net_s"] / p["seconds"]
+    per_sample = (p["setup_s"] + (p["seconds"] - p["setup_s"]) / p["done"]) / batch
+    note = f"~ extrapolated from {p['done']:.0%} of the tokens, {p['calls']} calls"
+    return per_sample, p["calls"] / p["done"], note, p["net_s"] / p["seconds"]  # rounds: an upper bound on NFE
+
+
 def bench(config_name, length, args):
     model = ASARM.from_config(CONFIGS[config_name], seed=0)
     run_cell(model, "cached", "assd", 1, min(length, 32), 1, 30)  # warm-up
@@ -137,23 +163,8 @@ def bench(config_name, length, args):
         if batch == 1 or batch in args.batches:
             res[backend, method, batch] = run_cell(model, backend, method, batch, length, max(batch, args.samples),
                                                    args.budget, must_finish=backend == "cached" and batch == 1)
-    table = {}
-    for (backend, method, batch), r in res.items():
-        p = r["partial"]
-        if r["samples"]:
-            per_sample, nfe, note = r["seconds"] / r["samples"], r["nfe"] / r["samples"], ""
-            share = r["net_s"] / r["seconds"]
-        elif backend == "plain":  # every call costs the same: seconds/call x the cached run's NFE
-            ref = res["cached", method, 1]
-            nfe = ref["nfe"] / ref["samples"]
-            per_sample = p["seconds"] / p["calls"] * nfe
-            note, share = f"~ extrapolated from {p['calls']} calls", p["net_s"] / p["seconds"]
-        else:  # first call (prompt pass) + the rest scaled by tokens to decode / tokens decoded
-            per_sample = (p["setup_s"] + (p["seconds"] - p["setup_s"]) / p["done"]) / batch
-            nfe = p["calls"] / p["done"]  # rounds: an upper bound on a row's NFE
-            note = f"~ extrapolated from {p['done']:.0%} of the tokens, {p['calls']} calls"
-            share = p["net_s"] / p["seconds"]
-        table[backend, method, batch] = per_sample, nfe, note, share
+    table = {(backend, method, batch): cell_stats(r, batch, res["cached", method, 1] if backend == "plain" else None)
+             for (backend, method, batch), r in res.items()}
     plain_assd = table["plain", "assd", 1][0]
     for cell in sorted(table, key=CELLS.index):
         (backend, method, batch), (per_sample, nfe, note, share) = cell, table[cell]

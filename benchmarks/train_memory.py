@@ -30,12 +30,38 @@ CONFIGS = {
 }
 
 
+def train_step(model, opt, batch: int, length: int, rate: float, seed: int, autocast_dtype=None) -> tuple[int, float]:
+    """One forward/backward/AdamW step of the joint objective on random tokens, on the model's device.
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``): run forward and loss under autocast, as
+    mixed-precision training does (weights, gradients and AdamW states stay fp32).
+    Returns ``(targets per row, loss)``.
+    """
+    import contextlib
+
+    import torch
+
+    from asarm.objective import make_batch, target_loss
+
+    dev = model.device
+    x = torch.randint(10, model.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+    b = make_batch(x, rate, model.mask_token_id, generator=torch.Generator().manual_seed(seed))
+    amp = (torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with amp:
+        loss = target_loss(model(b.input_ids.to(dev), b.perm_mask.to(dev), b.target_mapping.to(dev)),
+                           b.labels.to(dev))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+    return int(b.labels.shape[1]), float(loss.detach())
+
+
 def one_step(config: str, length: int, batch: int, rate: float) -> dict:
     """Peak RSS (bytes) before and after one forward/backward/AdamW step, in this process."""
     import torch
 
     from asarm import ASARM
-    from asarm.objective import make_batch, target_loss
 
     torch.manual_seed(0)
     model = ASARM.from_config(**CONFIGS[config], seed=0)
@@ -43,18 +69,11 @@ def one_step(config: str, length: int, batch: int, rate: float) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     params = sum(p.numel() for p in model.parameters())
     # AdamW allocates its states lazily: take one step first so they count as "static"
-    x = torch.randint(10, model.vocab_size, (1, 16))
-    b = make_batch(x, rate, model.mask_token_id, generator=torch.Generator().manual_seed(0))
-    target_loss(model(b.input_ids, b.perm_mask, b.target_mapping), b.labels).backward()
-    opt.step()
-    opt.zero_grad(set_to_none=False)
+    train_step(model, opt, 1, 16, rate, seed=0)
     static = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    x = torch.randint(10, model.vocab_size, (batch, length))
-    b = make_batch(x, rate, model.mask_token_id, generator=torch.Generator().manual_seed(1))
-    target_loss(model(b.input_ids, b.perm_mask, b.target_mapping), b.labels).backward()
-    opt.step()
+    targets, _ = train_step(model, opt, batch, length, rate, seed=1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"params": params, "static": static, "peak": peak, "targets": int(b.labels.shape[1])}
+    return {"params": params, "static": static, "peak": peak, "targets": targets}
 
 
 def main() -> None:

@@ -146,3 +146,21 @@ def test_half_precision_forward_is_finite(small):
     lp16 = m16.joint_log_prob(x, sigma, torch.full((3,), 2))
     assert torch.isfinite(lp16).all()
     assert torch.allclose(lp16, lp32, atol=0.5)
+
+
+def test_a_callers_autocast_reaches_the_network(small):
+    """Mixed-precision training runs the fp32-weight model under the caller's autocast: the
+    forward must not switch it off (it did: ``autocast(enabled=False)`` for fp32 weights)."""
+    seen = []  # output dtypes of the first feed-forward layer (called once per stream)
+    hook = small.xlnet.transformer.layer[0].ff.layer_1.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    x = torch.randint(SPECIALS, small.vocab_size, (1, 6))
+    sigma = orders.random_sorted_order(1, 6, 2, generator=torch.Generator().manual_seed(0))
+    try:
+        small.joint_log_prob(x, sigma, torch.full((1,), 2))
+        plain = set(seen)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            small.joint_log_prob(x, sigma, torch.full((1,), 2))
+    finally:
+        hook.remove()
+    assert plain == {torch.float32} and set(seen) == {torch.bfloat16}
