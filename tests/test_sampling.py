@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import asarm
-from conftest import random_batch
+from conftest import random_batch, recording_decoder
 from asarm.sampling import accept_drafts, probs_from_logits, residual_probs, sample_from_probs
 
 
@@ -116,3 +116,84 @@ def test_residual_and_acceptance_math():
     assert accept_drafts(p_d * 0, q_d, u, valid, r_atol=0.6).tolist() == [3, 2]
     probs = probs_from_logits(torch.zeros(2, 4), 1.0, torch.tensor([True, False, False, True]))
     assert torch.allclose(probs, torch.tensor([[0, 0.5, 0.5, 0]] * 2))
+
+
+# ---------------------------------------------------------------------------- batches: per-row streams, padding
+VARIANTS = {
+    "sequential": dict(method="sequential"),
+    "assd": dict(method="assd", k=3),
+    "assd_bonus_adaptive": dict(method="assd", k=4, bonus=True, adaptive_k=True),
+    "lookahead_full": dict(method="assd", k=3, lookahead="full"),
+    "lookahead_cheap": dict(method="assd", k=3, lookahead="cheap", adaptive_k=True),
+    "ngram": dict(method="ngram", k=3),
+    "ngram_paper": dict(method="ngram", k=3, ngram_draft="paper"),
+}
+
+
+def _row_generators(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_rows_sample_depends_only_on_its_own_generator(tiny_model, variant):
+    """Per-row streams: row r of a batch equals row r sampled alone, and a batch in another order."""
+    x, sigma, m = _batch(tiny_model, b=5, n=20, seed=11)
+    seeds = [3, 1, 4, 1, 5]
+    kw = VARIANTS[variant]
+    batch = asarm.sample(tiny_model, x, sigma, m, generator=_row_generators(seeds), **kw)
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    shuffled = asarm.sample(tiny_model, x[perm], sigma[perm], m[perm],
+                            generator=_row_generators([seeds[i] for i in perm.tolist()]), **kw)
+    assert torch.equal(shuffled.sequences, batch.sequences[perm]) and torch.equal(shuffled.nfe, batch.nfe[perm])
+    for r in (0, 3):
+        alone = asarm.sample(tiny_model, x[r:r + 1], sigma[r:r + 1], m[r:r + 1],
+                             generator=_row_generators([seeds[r]]), **kw)
+        assert torch.equal(alone.sequences[0], batch.sequences[r]) and int(alone.nfe[0]) == int(batch.nfe[r])
+    # and the streams matter: another seed for row 0 changes row 0 only
+    other = asarm.sample(tiny_model, x, sigma, m, generator=_row_generators([9] + seeds[1:]), **kw)
+    assert torch.equal(other.sequences[1:], batch.sequences[1:])
+    assert not torch.equal(other.sequences[0], batch.sequences[0])
+
+
+@pytest.mark.parametrize("variant", ["assd", "lookahead_full", "ngram_paper"])
+def test_padded_rows_sample_as_their_unpadded_selves(tiny_model, variant):
+    """``lengths``: a short row padded to the batch's length (padding at the highest ranks) gives the
+    sample it gives alone, and its padding is left untouched."""
+    n_short, n_long, pad = 12, 20, tiny_model.mask_token_id
+    x, sigma, m = _batch(tiny_model, b=2, n=n_short, seed=12)
+    x1, sigma1, _ = _batch(tiny_model, b=2, n=n_long, seed=13)
+    alone = asarm.sample(tiny_model, x[:1], sigma[:1], m[:1], generator=_row_generators([7]), **VARIANTS[variant])
+    xp = torch.cat([x[:1], torch.full((1, n_long - n_short), pad)], 1)
+    sp = torch.cat([sigma[:1], torch.arange(n_short, n_long)[None]], 1)  # padding: the highest ranks
+    both = asarm.sample(tiny_model, torch.cat([xp, x1[:1]]), torch.cat([sp, sigma1[:1]]), torch.tensor([int(m[0]), 5]),
+                        lengths=torch.tensor([n_short, n_long]), generator=_row_generators([7, 8]), **VARIANTS[variant])
+    assert torch.equal(both.sequences[0, :n_short], alone.sequences[0])
+    assert (both.sequences[0, n_short:] == pad).all() and int(both.nfe[0]) == int(alone.nfe[0])
+    assert (both.sequences[1] != pad).all()
+
+
+def test_bad_lengths_and_generators_are_refused(tiny_model):
+    x, sigma, m = _batch(tiny_model, b=2, n=8)
+    with pytest.raises(ValueError, match="lengths"):
+        asarm.sample(tiny_model, x, sigma, m, lengths=torch.tensor([8, 0]))
+    with pytest.raises(ValueError, match="one per row"):
+        asarm.sample(tiny_model, x, sigma, m, generator=_row_generators([1]))
+    with pytest.raises(ValueError, match="lookahead"):
+        asarm.sample(tiny_model, x, sigma, m, method="ngram", lookahead="full")
+
+
+@pytest.mark.parametrize("lookahead", ["full", "cheap"])
+def test_one_call_rounds_make_one_call_per_round(tiny_model, lookahead):
+    """After its first (self-draft) round a row makes one call per round, and every call yields a token."""
+    x, sigma, m = _batch(tiny_model, b=8, n=32, seed=14)
+    calls = []
+    out = asarm.sample(tiny_model, x, sigma, m, method="assd", k=3, lookahead=lookahead,
+                       decoder=recording_decoder(calls), generator=torch.Generator().manual_seed(0))
+    two_call = asarm.sample(tiny_model, x, sigma, m, method="assd", k=3, bonus=True,
+                            generator=torch.Generator().manual_seed(0))
+    masked = x.shape[1] - m
+    assert (out.nfe <= masked).all()
+    # a draft call has every query at or after n_known; after the first round there are none
+    draft_calls = sum(1 for n_known, ranks in calls for nk, rk in zip(n_known, ranks) if min(rk) >= nk)
+    assert draft_calls == len(x)  # one per row: its first round
+    assert out.nfe.sum() < two_call.nfe.sum()
