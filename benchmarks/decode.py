@@ -37,6 +37,7 @@ import torch
 
 import asarm
 from asarm import ASARM, orders
+from asarm.decoders import make_decoder
 
 CONFIGS = {
     "tiny": dict(n_layer=2, d_model=64, n_head=2, d_inner=256, vocab_size=1000),
@@ -72,11 +73,11 @@ class Meter:
             raise AttributeError(name)
         return getattr(self.decoder, name)
 
-    def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None, **kwargs):
+    def __call__(self, rows, x, n_known, queries):
         if time.perf_counter() - self.t0 > self.budget_s:
             raise OutOfBudget
         t = time.perf_counter()
-        out = self.decoder(rows, x, n_known, q_start, q_count, num_queries, **kwargs)
+        out = self.decoder(rows, x, n_known, queries)
         self.net_s += time.perf_counter() - t
         self.calls += 1
         self.known[rows] = n_known
@@ -108,26 +109,18 @@ def run_cell(model, backend, method, batch, length, samples, budget_s, must_fini
     for r in range(max(1, samples // batch)):
         x, sigma, m = make_inputs(batch, length, model.vocab_size, model.mask_token_id, seed + r)
         left = float("inf") if must_finish else budget_s - res["seconds"]
-        meters = []
-
-        def metered_decoder(sigma_, m_, backend_):
-            meters.append(Meter(ASARM.decoder(model, sigma_, m_, backend_), m_, left))
-            return meters[-1]
-
-        model.decoder = metered_decoder  # instance attribute: this model, this run
-        t = time.perf_counter()
+        x, sigma, m = (t.to(model.device) for t in (x, sigma, m))
+        t = time.perf_counter()  # the decoder is built inside the timed region, as sample() would
+        meter = Meter(make_decoder(backend, model, sigma, m), m, left)
         try:
-            out = asarm.sample(model, x, sigma, m, method=method, k=5,
-                               generator=torch.Generator().manual_seed(seed + r), backend=backend, **sample_kwargs)
+            out = asarm.sample(model, x, sigma, m, **({"method": method, "k": 5} | sample_kwargs),
+                               generator=torch.Generator().manual_seed(seed + r), decoder=meter)
         except OutOfBudget:
-            meter = meters[0]
             res["partial"] = dict(seconds=time.perf_counter() - t, setup_s=meter.setup_s, calls=meter.calls,
-                                  net_s=meter.net_s, done=float((meter.known.cpu() - m).sum() / (length - m).sum()))
+                                  net_s=meter.net_s, done=float((meter.known.cpu() - m.cpu()).sum() / (length - m.cpu()).sum()))
             break
-        finally:
-            del model.decoder
         res["seconds"] += time.perf_counter() - t
-        res["net_s"] += meters[0].net_s
+        res["net_s"] += meter.net_s
         res["nfe"] += int(out.nfe.sum())
         res["samples"] += batch
         if res["seconds"] > budget_s:

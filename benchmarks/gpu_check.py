@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import os
@@ -43,7 +42,7 @@ import train_memory  # noqa: E402  (benchmarks/train_memory.py)
 import asarm  # noqa: E402
 from asarm import ASARM, orders  # noqa: E402
 from asarm.cache import CachedDecoder  # noqa: E402
-from asarm.model import PlainDecoder  # noqa: E402
+from asarm.decoders import PlainDecoder  # noqa: E402
 
 GIB = 2**30
 CARD_GIB = 16
@@ -126,10 +125,10 @@ class TwinDecoder:
         self.plain, self.cached = PlainDecoder(model, sigma, num_visible), CachedDecoder(model, sigma, num_visible)
         self.calls, self.logit_gap, self.logp_gap, self.scale = 0, 0.0, 0.0, 0.0
 
-    def __call__(self, rows, x, n_known, q_start, q_count, num_queries=None):
-        logits = self.plain(rows, x, n_known, q_start, q_count, num_queries)
-        other = self.cached(rows, x, n_known, q_start, q_count, num_queries)
-        real = torch.arange(logits.shape[1], device=logits.device)[None, :] < q_count[:, None]  # padding: no contract
+    def __call__(self, rows, x, n_known, queries):
+        logits = self.plain(rows, x, n_known, queries)
+        other = self.cached(rows, x, n_known, queries)
+        real = queries.valid  # padding: no contract
         self.calls += 1
         if not real.any():
             return logits
@@ -153,20 +152,10 @@ def parity_inputs(model: ASARM, length: int, seed: int = 0):
 def parity_row(config: str, dtype_name: str, device, length: int) -> dict:
     """Cached vs plain logits and log-probs over every call of one ASSD decode, in ``dtype_name`` weights."""
     model = build_model(config, device, DTYPES[dtype_name])
-    x, sigma, m = parity_inputs(model, length)
-    twins = []
-
-    def decoder(sigma_, m_, backend="cached"):
-        twins.append(TwinDecoder(model, sigma_, m_))
-        return twins[-1]
-
-    model.decoder = decoder  # instance attribute: this model, this run
-    try:
-        out = asarm.sample(model, x, sigma, m, method="assd", k=5, temperature=0.5, temperature_mode="draft",
-                           generator=torch.Generator().manual_seed(0))
-    finally:
-        del model.decoder
-    t = twins[0]
+    x, sigma, m = (t.to(device) for t in parity_inputs(model, length))
+    t = TwinDecoder(model, sigma, m)
+    out = asarm.sample(model, x, sigma, m, method="assd", k=5, temperature=0.5, temperature_mode="draft",
+                       generator=torch.Generator().manual_seed(0), decoder=t)
     tol = TOLERANCE[dtype_name] * max(1.0, t.scale)
     ok = t.logit_gap <= tol and t.logp_gap <= tol
     return dict(part="parity", cell=f"{dtype_name} cached vs plain", calls=t.calls, length=length,
@@ -189,18 +178,11 @@ def run_parity(sizes: dict, device) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- 2. decode
-def one_call_assd_available() -> bool:
-    """Whether this build's ``asarm.sample`` has one-call ASSD (its ``lookahead`` option)."""
-    return "lookahead" in inspect.signature(asarm.sample).parameters
-
-
 def decode_cells(batches) -> list[tuple]:
-    """``(name, backend, method, batch, sample kwargs)``; kwargs None: not in this build (reported n/a)."""
-    one_call = one_call_assd_available()
+    """``(name, backend, method, batch, sample kwargs)`` of every decode cell."""
     cells = [(BASELINE, "plain", "assd", 1, {}), ("cached sequential", "cached", "sequential", 1, {}),
              ("cached assd", "cached", "assd", 1, {})]
-    cells += [(f"one-call assd ({la})", "cached", "assd", 1, {"lookahead": la} if one_call else None)
-              for la in ("full", "cheap")]
+    cells += [(f"one-call assd ({la})", "cached", "assd", 1, {"lookahead": la}) for la in ("full", "cheap")]
     return cells + [(f"cached assd B={b}", "cached", "assd", b, {}) for b in batches]
 
 
