@@ -1,4 +1,4 @@
-"""The masking-distribution training objective (spec section 4), as pure functions.
+"""The masking-distribution training objective (docs/design.md, Objective), as pure functions.
 
 One *micro-batch* of packed sequences ``x (B, N)`` becomes one training batch:
 draw a masking rate ``r``, predict ``K = floor(N r)`` tokens (clamped to

@@ -1,6 +1,6 @@
 """Orders and attention masks for any-subset autoregressive models.
 
-Vocabulary used throughout (spec section 1):
+Vocabulary used throughout (docs/design.md, Orders and Masks):
 
 * ``sigma`` ``(B, N)`` long: ``sigma[b, pos]`` is the *rank* at which position
   ``pos`` is decoded. The ``m = num_visible[b]`` visible (prompt) positions take
@@ -146,7 +146,7 @@ def step_mask(sigma: torch.Tensor, num_visible, n_known) -> torch.Tensor:
     and to no unknown one. Hence no position ever attends to an unknown token.
 
     ``n_known = N`` gives the joint / oracle mask; ``n_known = n`` the draft
-    mask at step ``n`` (section 3 of the spec).
+    mask at step ``n`` (docs/design.md, Masks).
 
     Args:
         sigma: ``(B, N)`` long orders.

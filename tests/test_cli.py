@@ -18,9 +18,33 @@ def run_cli(*args, timeout=240):
 
 def test_help_lists_commands():
     res = run_cli("--help")
-    assert res.returncode == 0 and "infill" in res.stdout
+    assert res.returncode == 0
+    for command in ("infill", "train", "speculative", "infill-nlp", "infill-code", "density"):
+        assert command in res.stdout, command
     res = run_cli("infill", "--help")
     assert res.returncode == 0 and "[MASK:n]" in res.stdout
+
+
+def test_infill_flags_defaults_and_refusals(capsys):
+    """The documented defaults, written out here: ASSD with k = 5 at T = 1 on the cached decoder, sorted order."""
+    from asarm.cli import build_parser
+
+    args = build_parser().parse_args(["infill", "--text", "a [MASK:2] b"])
+    assert (args.method, args.k, args.temperature, args.temperature_mode, args.backend, args.order, args.samples,
+            args.seed, args.bonus, args.ngram_draft, args.draft_only_temperature) == (
+        ["assd"], 5, 1.0, "both", "cached", "sorted", 1, 0, False, "bigram", "verify0")
+    args = build_parser().parse_args(["infill", "--text", "x", "--method", "sequential", "ngram", "--k", "3",
+                                      "--temperature", "0.5", "--backend", "plain"])
+    assert (args.method, args.k, args.temperature, args.backend) == (["sequential", "ngram"], 3, 0.5, "plain")
+    for argv, flag in [(["--method", "beam"], "--method"), (["--k", "three"], "--k"),
+                       (["--backend", "flash"], "--backend"), (["--temperature", "hot"], "--temperature")]:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(["infill", "--text", "x", *argv])
+        assert exc.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):  # --text and --text-file exclude each other, and one is required
+        build_parser().parse_args(["infill"])
+    assert "--text" in capsys.readouterr().err
 
 
 def test_default_revision_only_for_the_released_asarm_repo():

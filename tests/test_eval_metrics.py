@@ -122,9 +122,12 @@ def test_rouge_equals_rouge_score(stemmer):
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stemmer)
     for pred, ref in pairs:
         ours = metrics.rouge_f1(pred, ref, use_stemmer=stemmer)
-        theirs = scorer.score(ref, pred)
+        theirs = scorer.score(ref, pred)  # rouge-score: score(target, prediction)
+        prf = metrics.rouge_scores(pred, ref, use_stemmer=stemmer)
         for key in ("rouge1", "rouge2", "rougeL"):
             assert ours[key] == pytest.approx(100 * theirs[key].fmeasure)
+            # precision and recall too: F1 alone is symmetric and would not notice swapped arguments
+            assert prf[key] == pytest.approx(tuple(100 * v for v in theirs[key]))
         assert ours["rouge_mean"] == pytest.approx(sum(100 * theirs[k].fmeasure for k in theirs) / 3)
 
 
@@ -136,6 +139,11 @@ def test_rouge_precision_recall_by_hand_on_an_asymmetric_pair():
         assert scores[key] == pytest.approx((100 * p, 100 * r, 100 * 2 * p * r / (p + r)))
     f1 = metrics.rouge_f1("The cat sat on the mat.", "the cat sat", use_stemmer=False)
     assert f1["rouge1"] == pytest.approx(100 * 2 / 3) and f1["rouge2"] == pytest.approx(100 * 4 / 7)
+    # the other way round: a short prediction of a longer reference is precise and recalls half
+    short = metrics.rouge_scores("the cat sat", "the cat sat on the mat", use_stemmer=False)
+    assert short["rouge1"] == pytest.approx((100.0, 50.0, 100 * 2 * 0.5 / 1.5))
+    assert short["rouge2"] == pytest.approx((100.0, 40.0, 100 * 2 * 0.4 / 1.4))  # 2 of 2 bigrams; 2 of 5
+    assert short["rougeL"] == pytest.approx((100.0, 50.0, 100 * 2 * 0.5 / 1.5))
 
 
 def test_rouge_stemmer_on_and_off_by_hand():

@@ -49,6 +49,33 @@ def test_oracle_middle_scores_rouge_100_on_real_rocstories(stories, both_tokeniz
     assert boot["rouge_mean"]["mid"] == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("stemmer", [False, True])
+def test_story_rouge_precision_is_over_the_generation_and_recall_over_the_middle(local_tokenizer, monkeypatch,
+                                                                                  stemmer):
+    """A generation that writes only "the cat sat" (then full stops) for the middle "the cat sat on the mat":
+    by hand ROUGE-1 precision 100 (3 of 3 words match), recall 50 (3 of 6), so a swapped call fails."""
+    story = {"id": "s", "sentences": ["Ann went out.", "It was sunny.", "the cat sat on the mat", "Ann smiled.",
+                                      "She went home."]}
+    encode, dot = make_encoder(local_tokenizer, False), local_tokenizer.convert_tokens_to_ids(".")
+    assert dot != local_tokenizer.unk_token_id
+
+    def fill(ids, sigma, m, enc, model, cfg, generator):
+        part = encode("the cat sat")
+        assert len(part) < len(enc["middle"])
+        rows = ids.clone()
+        start = len(enc["prefix"])
+        rows[:, start:start + len(enc["middle"])] = rows.new_tensor(part + [dot] * (len(enc["middle"]) - len(part)))
+        return rows.tolist(), [1] * rows.shape[0]
+
+    monkeypatch.setattr(infill_nlp, "fill_middles", fill)
+    cfg = {"method": "sequential", "trials": 1, "max_length": 10_000, "order": "sorted", "rouge_stemmer": stemmer}
+    (rec,) = infill_nlp.process_story(infill_nlp.build_units([story], ["middle"])[0], 0, None, local_tokenizer, cfg)
+    assert rec["reference"] == "the cat sat on the mat" and rec["generated"].split(".")[0].strip() == "the cat sat"
+    assert (rec["rouge1_p"], rec["rouge1_r"], rec["rouge1"]) == pytest.approx((100.0, 50.0, 100 * 2 * 0.5 / 1.5))
+    assert (rec["rouge2_p"], rec["rouge2_r"]) == pytest.approx((100.0, 40.0))  # bigrams: 2 of 2, 2 of 5
+    assert (rec["rougeL_p"], rec["rougeL_r"]) == pytest.approx((100.0, 50.0))
+
+
 def test_story_parts_encoded_separately_are_the_story_encoding(stories, local_tokenizer):
     """Prompt, middle and suffix encoded each on its own give the ids of the whole story text."""
     encode = make_encoder(local_tokenizer, False)

@@ -1,7 +1,7 @@
 """The WikiText speculative-decoding evaluation's data and protocol choices, on the real test file.
 
 Each paper-protocol choice (``--protocol paper``) is pinned here against the
-paper's released code as spec section 7 describes it; the asarm choices next to it.
+paper's released code as docs/protocol-wikitext.md describes it; the asarm choices next to it.
 """
 
 import pytest

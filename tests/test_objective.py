@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from asarm import objective as obj
-from asarm.orders import draft_mask, joint_mask, order_to_pos, step_mask
 
 MASK = 6
 
@@ -53,44 +52,98 @@ def test_num_targets_and_loss_weights():
         obj.loss_weight(0.8, "bogus")
 
 
+def _may_attend(perm_mask, r, i):
+    """Positions row ``r``'s position ``i`` may attend, as a set (perm_mask: True = may not attend)."""
+    return set((~perm_mask[r, i]).nonzero().flatten().tolist())
+
+
+def _check_targets_and_labels(b, x, known):
+    """From first principles: ``known`` tokens per row, the targets are the other positions in rank order
+    (query t predicts rank known + t), the labels are the original ids there."""
+    rows, length = x.shape
+    assert b.num_known == known
+    assert b.labels.shape == (rows, length - known) and b.target_mapping.shape == (rows, length - known, length)
+    for r in range(rows):
+        s = b.sigma[r].tolist()
+        assert sorted(s) == list(range(length))  # a permutation
+        assert sum(rank < known for rank in s) == known
+        for t in range(length - known):
+            row = b.target_mapping[r, t]
+            assert row.sum() == 1 and set(row.unique().tolist()) == {0.0, 1.0}  # one-hot
+            pos = int(row.argmax())
+            assert s[pos] == known + t
+            assert b.labels[r, t] == x[r, pos]
+
+
+# the masking-rate rule K = floor(N r) targets, clamped to 1..N-1, worked out by hand: known = N - K
+RATES = [(24, 0.6, 10), (20, 0.5, 10), (20, 0.99, 1), (20, 0.01, 19), (10, 0.95, 1)]
+
+
+@pytest.mark.parametrize("length, rate, known", RATES)
+def test_known_count_follows_the_masking_rate_rule(length, rate, known):
+    x = torch.randint(10, 100, (3, length))
+    for objective in ("joint", "parallel"):
+        b = obj.make_batch(x, rate, MASK, objective=objective, generator=torch.Generator().manual_seed(0))
+        _check_targets_and_labels(b, x, known)
+    assert obj.make_batch(torch.randint(10, 100, (1, 512)), 0.15, MASK).num_known == 512 - 76  # floor(76.8)
+
+
 @pytest.mark.parametrize("order", ["sorted", "random"])
-def test_joint_batch_labels_line_up_with_target_mapping_rows(order):
+def test_joint_batch_from_first_principles(order):
+    """Each target sees exactly the lower ranks (never itself or a later target), the known block sees
+    itself, every true token stays in the input but the last-ranked one, labels are the true ids."""
     x = torch.randint(10, 100, (5, 24))
     b = obj.make_batch(x, 0.6, MASK, order=order, generator=torch.Generator().manual_seed(0))
-    k = obj.num_targets(24, 0.6)
-    n = 24 - k
-    assert b.num_known == n and b.labels.shape == (5, k) and b.target_mapping.shape == (5, k, 24)
-    assert torch.equal(b.target_mapping.argmax(-1), b.positions)
-    assert torch.equal(b.target_mapping.sum(-1), torch.ones(5, k))
-    assert torch.equal(b.labels, x.gather(1, b.positions))
-    # query t predicts rank n + t
-    assert torch.equal(b.sigma.gather(1, b.positions), (n + torch.arange(k)).expand(5, k))
-    assert torch.equal(b.perm_mask, joint_mask(b.sigma, n))
-    # teacher forcing: only the last-ranked position (read by no query) holds the mask id
-    assert torch.equal(b.input_ids == MASK, b.sigma == 23)
-    if order == "sorted":  # masked positions are decoded left to right
-        masked_pos = order_to_pos(b.sigma)[:, n:]
-        assert torch.equal(masked_pos, masked_pos.sort(-1).values)
+    known = 10  # 24 - floor(24 * 0.6)
+    _check_targets_and_labels(b, x, known)
+    for r in range(5):
+        s = b.sigma[r].tolist()
+        block = {j for j in range(24) if s[j] < known}
+        for i in range(24):
+            if s[i] < known:
+                assert _may_attend(b.perm_mask, r, i) == block
+            else:
+                assert _may_attend(b.perm_mask, r, i) == {j for j in range(24) if s[j] < s[i]}
+            # teacher forcing: the true token everywhere but at the last rank, which no query reads
+            assert int(b.input_ids[r, i]) == (MASK if s[i] == 23 else int(x[r, i]))
+        if order == "sorted":  # inside the known block and inside the targets, rank grows with position
+            for part in (block, set(range(24)) - block):
+                ranks = [s[j] for j in sorted(part)]
+                assert ranks == sorted(ranks)
+    assert len({tuple(row) for row in b.sigma.tolist()}) > 1  # every row draws its own order
 
 
 @pytest.mark.parametrize("attention", ["all", "prompt", "causal"])
-def test_parallel_batch_targets_see_only_known_tokens(attention):
+def test_parallel_batch_from_first_principles(attention):
+    """Targets see every known token and no target; inside the known block: everyone (all), strictly lower
+    ranks (causal), or lower ranks plus a bidirectional prompt of some size p in 1..n (prompt)."""
     x = torch.randint(10, 100, (6, 20))
     b = obj.make_batch(x, 0.5, MASK, objective="parallel", visible_attention=attention,
                        generator=torch.Generator().manual_seed(1))
-    n = b.num_known
-    unknown = b.sigma >= n
-    assert not (~b.perm_mask & unknown[:, None, :]).any(), "nobody may attend to a target"
-    assert torch.equal(b.input_ids == MASK, unknown)
-    assert torch.equal(b.labels, x.gather(1, b.positions))
-    if attention == "all":
-        assert torch.equal(b.perm_mask, draft_mask(b.sigma, n, n))
-    if attention == "causal":
-        assert torch.equal(b.perm_mask, step_mask(b.sigma, 0, n))
-    if attention == "prompt":  # some prompt size p in 1..n per row: the draft mask at step n
-        ok = [any(torch.equal(b.perm_mask[r], draft_mask(b.sigma[r:r + 1], p, n)[0]) for p in range(1, n + 1))
-              for r in range(6)]
-        assert all(ok)
+    known = 10  # 20 - floor(20 * 0.5)
+    _check_targets_and_labels(b, x, known)
+    for r in range(6):
+        s = b.sigma[r].tolist()
+        block = {j for j in range(20) if s[j] < known}
+
+        def expected_known_rows(p):
+            """{i: may-attend set} of the known rows for a bidirectional prompt of the p lowest ranks."""
+            return {i: {j for j in block if s[j] < s[i] or (s[i] < p and s[j] < p)} for i in block}
+
+        got = {i: _may_attend(b.perm_mask, r, i) for i in block}
+        if attention == "all":
+            assert got == {i: block for i in block}
+        elif attention == "causal":
+            assert got == expected_known_rows(0)
+        else:
+            assert any(got == expected_known_rows(p) for p in range(1, known + 1))
+        for i in set(range(20)) - block:
+            assert _may_attend(b.perm_mask, r, i) == block  # a target sees the known tokens only
+            assert int(b.input_ids[r, i]) == MASK
+        for i in block:
+            assert int(b.input_ids[r, i]) == int(x[r, i])
+    if attention == "prompt":  # p is drawn per row: some prompt is smaller than the known block
+        assert any(not (~b.perm_mask[r][:, b.sigma[r] < known]).all() for r in range(6))
 
 
 def test_bad_choices_raise():

@@ -37,6 +37,37 @@ def slow_step_mask(sigma, m, n_known):
     return out
 
 
+def slow_joint_mask(sigma, m):
+    """The joint mask from its definition alone: ``i`` may attend ``j`` iff ``j`` has a lower rank,
+    or both are in the prompt (``rank < m``). True = may NOT attend."""
+    b, n = sigma.shape
+    out = torch.ones(b, n, n, dtype=torch.bool)
+    for r in range(b):
+        s, mm = sigma[r].tolist(), int(m[r])
+        for i in range(n):
+            for j in range(n):
+                if s[j] < s[i] or (s[i] < mm and s[j] < mm):
+                    out[r, i, j] = False
+    return out
+
+
+def slow_draft_mask(sigma, m, n_known):
+    """The draft mask at step ``n`` from its definition: rows of known positions (rank ``< n``) are
+    joint-mask rows; an unknown position attends every known position and no unknown one."""
+    joint = slow_joint_mask(sigma, m)
+    b, n = sigma.shape
+    out = torch.ones(b, n, n, dtype=torch.bool)
+    for r in range(b):
+        s, nk = sigma[r].tolist(), int(n_known[r])
+        for i in range(n):
+            for j in range(n):
+                if s[i] < nk:
+                    out[r, i, j] = joint[r, i, j]
+                else:
+                    out[r, i, j] = not s[j] < nk
+    return out
+
+
 def slow_target_mapping(sigma, start, count, k):
     b, n = sigma.shape
     out = torch.zeros(b, k, n)
@@ -74,9 +105,41 @@ def test_step_mask_matches_loop(batch):
 
 @settings(max_examples=60, deadline=None)
 @given(batches())
-def test_mask_properties(batch):
+def test_joint_and_draft_masks_match_their_definitions(batch):
+    """Both against loops written from the definitions, and the three references agree with each other
+    (the draft mask with every token known is the joint mask)."""
     sigma, m, n_known = batch
     n = sigma.shape[1]
+    joint = slow_joint_mask(sigma, m)
+    assert torch.equal(orders.joint_mask(sigma, m), joint)
+    assert torch.equal(slow_step_mask(sigma, m, torch.full_like(m, n)), joint)
+    draft = slow_draft_mask(sigma, m, n_known)
+    assert torch.equal(orders.draft_mask(sigma, m, n_known), draft)
+    assert torch.equal(slow_step_mask(sigma, m, n_known), draft)
+    assert torch.equal(slow_draft_mask(sigma, m, torch.full_like(m, n)), joint)
+
+
+def test_masks_on_a_hand_worked_example():
+    """sigma = [2, 0, 3, 1], m = 2: positions 1 and 3 are the prompt (ranks 0, 1), then 0 and 2."""
+    sigma, m = torch.tensor([[2, 0, 3, 1]]), torch.tensor([2])
+    may = lambda rows: ~torch.tensor([rows], dtype=torch.bool)  # rows of "may attend" -> perm_mask
+    prompt_row = [0, 1, 0, 1]  # the prompt sees the prompt, itself included
+    joint = may([[0, 1, 0, 1],   # pos 0, rank 2: ranks 0, 1
+                 prompt_row,     # pos 1, rank 0
+                 [1, 1, 0, 1],   # pos 2, rank 3: ranks 0, 1, 2
+                 prompt_row])    # pos 3, rank 1
+    assert torch.equal(orders.joint_mask(sigma, m), joint)
+    # step 2: positions 0 and 2 unknown; they see the prompt only, and nobody sees them
+    assert torch.equal(orders.draft_mask(sigma, m, 2), may([prompt_row, prompt_row, prompt_row, prompt_row]))
+    # step 3: position 0 (rank 2) known with its joint row; position 2 sees every known position
+    assert torch.equal(orders.draft_mask(sigma, m, 3), may([[0, 1, 0, 1], prompt_row, [1, 1, 0, 1], prompt_row]))
+    assert torch.equal(orders.draft_mask(sigma, m, 4), joint)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches())
+def test_mask_properties(batch):
+    sigma, m, n_known = batch
     joint = orders.joint_mask(sigma, m)
     draft = orders.draft_mask(sigma, m, n_known)
     may = ~joint
@@ -97,7 +160,6 @@ def test_mask_properties(batch):
         # a query at an unknown rank sees every known token, nothing else
         for i in (~known).nonzero().flatten().tolist():
             assert torch.equal(~draft[r, i], known)
-    assert torch.equal(orders.joint_mask(sigma, m), orders.step_mask(sigma, m, n))
 
 
 @settings(max_examples=40, deadline=None)

@@ -192,7 +192,7 @@ def test_output_dir_holding_another_run_is_refused(tmp_path):
         train(_cfg(tmp_path))
 
 
-def test_config_file_overrides_and_cli_help(tmp_path):
+def test_config_file_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"batch_size": 2, "eval_rates": [0.5], "resume": True}))
     cfg = TrainConfig.load(str(path), {"batch_size": "3", "eval_rates": "[0.2, 0.4]", "lr": "2e-4"})
@@ -202,11 +202,63 @@ def test_config_file_overrides_and_cli_help(tmp_path):
         TrainConfig.load(str(path), {"batchsize": 3})
     with pytest.raises(ValueError, match="expects int"):
         TrainConfig.load(None, {"batch_size": "many"})
-    from asarm.cli import build_parser
 
-    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for name in TrainConfig.__dataclass_fields__:
-        assert f"--{name}" in help_text
+
+# the paper's launcher values (docs/design.md, Objective), written out: `asarm train` with no option trains this
+PAPER_DEFAULTS = {"lr": 1e-5, "seq_len": 512, "batch_size": 8, "grad_accum": 4, "start_rate": 0.15,
+                  "min_rate": 0.85, "max_rate": 0.99, "rate_warmup_steps": 5000, "warmup_steps": 5000,
+                  "grad_clip": 1.0, "train_sequences": 24_000_000, "objective": "joint", "order": "sorted",
+                  "loss_scale": "none", "init": "xlnet/xlnet-base-cased", "dataset": "openwebtext"}
+
+
+@pytest.fixture
+def captured_train(monkeypatch):
+    """``asarm train`` runs up to the trainer's entry, which records the config (after its checks) instead of training."""
+    import asarm.train as train_module
+
+    seen = []
+
+    def fake_train(cfg):
+        check_config(cfg)
+        seen.append(cfg)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    return seen
+
+
+def test_train_command_line_defaults_overrides_and_refusals(tmp_path, captured_train, capsys):
+    from asarm.cli import build_parser, main
+
+    assert main(["train"]) == 0
+    assert {k: getattr(captured_train[-1], k) for k in PAPER_DEFAULTS} == PAPER_DEFAULTS
+    # the help states those defaults next to the flags
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train_parser._actions}
+    for dest, shown in [("lr", "1e-05"), ("seq_len", "512"), ("grad_accum", "4"), ("objective", "'joint'"),
+                        ("max_rate", "0.99")]:
+        assert helps[dest].endswith(f"(default: {shown})"), (dest, helps[dest])
+    # both spellings; YAML gives values, the command line overrides them, the rest keeps its default
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"batch_size": 2, "lr": 1e-3, "eval_rates": [0.5], "objective": "parallel"}))
+    assert main(["train", "--config", str(path), "--batch-size", "3", "--eval_rates", "[0.2, 0.4]"]) == 0
+    cfg = captured_train[-1]
+    assert (cfg.batch_size, cfg.lr, cfg.eval_rates, cfg.objective, cfg.seq_len) == (3, 1e-3, [0.2, 0.4], "parallel", 512)
+    assert main(["train", "--seq-len", "256"]) == 0 and captured_train[-1].seq_len == 256
+    # a bad value is refused with a message naming the option, no traceback, and nothing trains
+    count = len(captured_train)
+    for argv, named in [(["--batch_size", "many"], "batch_size"), (["--objective", "diffusion"], "objective"),
+                        (["--max-rate", "1.5"], "max_rate")]:
+        capsys.readouterr()
+        assert main(["train", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert named in err and "error" in err and "Traceback" not in err, (argv, err)
+    assert len(captured_train) == count
+    with pytest.raises(SystemExit):  # an unknown flag: argparse's usage error
+        main(["train", "--batchsize", "3"])
+    assert "--batchsize" in capsys.readouterr().err
+
+
+def test_train_command_in_a_fresh_process_refuses_an_unknown_dataset(tmp_path):
     out = subprocess.run([sys.executable, "-m", "asarm", "train", "--dataset", "nope", "--output_dir", str(tmp_path / "x")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown dataset" in out.stderr

@@ -1,4 +1,4 @@
-"""The paper's evaluations (spec section 6) as resumable, shardable commands.
+"""The paper's evaluations (docs/design.md, Evaluations) as resumable, shardable commands.
 
 * ``speculative``: sequential vs ASSD vs n-gram draft on packed text (WikiText).
 * ``infill_nlp``: ROCStories infilling, ROUGE.

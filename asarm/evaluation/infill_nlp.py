@@ -1,4 +1,4 @@
-"""Story infilling on ROCStories (spec section 6, second bullet).
+"""Story infilling on ROCStories (docs/design.md, Evaluations; docs/protocol-nlp.md).
 
 Each story is sentences 1-4 plus its right ending (sentence 5). Two settings:
 
