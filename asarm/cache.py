@@ -1,6 +1,6 @@
 """Cached decoding backend: a content-stream key/value cache for arbitrary orders.
 
-Why a cache is exact here (spec sections 2-3). In rank space every mask of
+Why a cache is exact here (docs/design.md, Cache invariant). In rank space every mask of
 ``step_mask`` is a *prefix*: with ``m`` prompt tokens and ``n`` known tokens,
 
 * the content stream of a known rank ``r`` attends to ranks ``< max(m, r + 1)``

@@ -9,7 +9,7 @@ Training data (``resolve_dataset`` -> ``open_split`` -> ``PackedStream``):
 * Sources: ``stdlib`` (the standard library's sources, one file = one
   document, offline), ``openwebtext`` and ``starcoder``
   (``bigcode/starcoderdata``, ``data_dir="python"``, field ``content``)
-  streamed from the Hugging Face hub with ``datasets``, ``hf:ORG/NAME[@REVISION]``, or
+  streamed from the Hugging Face hub with ``datasets``, ``hf:NAME[:CONFIG][@SPLIT][#REVISION]`` (``asarm.hub.parse_hub_source``), or
   local files / globs (``.jsonl``/``.json``: one document per record, field
   ``text`` unless told; anything else: one document per file).
 * Held-out split: the first ``eval_docs`` documents of the source; training
@@ -52,6 +52,7 @@ import torch
 
 from .tokenizer import (CODE_WHITESPACE, code_whitespace_ids, decode_code_whitespace, decode_text,  # noqa: F401
                         encode_code_whitespace, make_encoder)
+from .hub import HUB_PREFIX, parse_hub_source
 from .utils import check_input_file
 
 
@@ -121,7 +122,7 @@ def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: b
 
     Raises:
         FileNotFoundError: a path or glob that matches no file.
-        ValueError: a name that is neither known, ``hf:ORG/NAME`` nor a path.
+        ValueError: a name that is neither known, ``hf:NAME[...]`` nor a path.
     """
     name = str(name)
     key = ALIASES.get(name, name)
@@ -130,9 +131,8 @@ def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: b
     elif key in HUB_DATASETS:
         entry = dict(HUB_DATASETS[key])
         spec = DataSpec(name, "hub", field=entry.pop("field"), code=entry.pop("code"), hub=entry)
-    elif key.startswith("hf:"):
-        path, _, revision = key[3:].partition("@")
-        spec = DataSpec(name, "hub", hub=dict(path=path, **({"revision": revision} if revision else {})))
+    elif key.startswith(HUB_PREFIX):
+        spec = DataSpec(name, "hub", hub=parse_hub_source(key).load_kwargs("train"))
     elif any(c in key for c in "/\\*?[") or Path(key).suffix or Path(key).exists():
         if os.path.isdir(os.path.expanduser(key)):
             raise IsADirectoryError(f"dataset '{name}' is a directory; pass a glob of its files, "
@@ -150,7 +150,7 @@ def resolve_dataset(name: str, text_field: str | None = None, code_whitespace: b
     else:
         raise ValueError(
             f"unknown dataset '{name}': use stdlib, openwebtext, starcoder (bigcode/starcoderdata), "
-            "hf:ORG/NAME, or a path/glob of .txt/.jsonl files")
+            "hf:NAME[:CONFIG][@SPLIT][#REVISION], or a path/glob of .txt/.jsonl files")
     if text_field:
         spec.field = text_field
     if code_whitespace is not None:
@@ -170,13 +170,13 @@ def _load(spec: DataSpec):
             return ds
     else:
         try:
-            ds = datasets.load_dataset(**spec.hub, split="train", streaming=True)
+            ds = datasets.load_dataset(**({"split": "train"} | spec.hub), streaming=True)
         except Exception as exc:  # offline / unknown repo / no access / legacy script: one clear message
             if "scripts are no longer supported" in str(exc):
                 raise OSError(
                     f"'{spec.name}' ({spec.hub['path']}) is still a script dataset, which datasets>=4 cannot load: "
                     "pip install 'datasets<4', or use its Parquet export, e.g. "
-                    f"dataset: hf:{spec.hub['path']}@refs/convert/parquet (the Hub converts only part of large datasets)"
+                    f"dataset: hf:{spec.hub['path']}#refs/convert/parquet (the Hub converts only part of large datasets)"
                 ) from exc
             raise OSError(
                 f"could not stream '{spec.name}' ({spec.hub}) from the Hugging Face hub: {type(exc).__name__}: {exc}. "

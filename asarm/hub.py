@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+HUB_PREFIX = "hf:"
 REACH_TIMEOUT_S = 3.0  # one TCP connect; the hub answers in well under a second when it is reachable
 
 
@@ -101,3 +103,36 @@ def load_or_explain(loader, name_or_path: str, revision: str | None, what: str, 
                           "Hugging Face hub (a typo? a private or gated repository needs `huggingface-cli login`), "
                           "and it is not a local directory either") from exc
         raise OSError(_explain(what, name, revision, f"{type(exc).__name__}: {exc}")) from exc
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A hub data set named ``hf:NAME[:CONFIG][@SPLIT][#REVISION]`` (the one grammar of every ``--data`` /
+    ``dataset`` option): ``datasets.load_dataset(name, config, split=split, revision=revision)``."""
+
+    name: str
+    config: str | None = None
+    split: str | None = None
+    revision: str | None = None
+
+    def load_kwargs(self, default_split: str) -> dict:
+        """Keyword arguments of ``datasets.load_dataset`` (``split`` defaults to ``default_split``)."""
+        out = dict(path=self.name, name=self.config, split=self.split or default_split)
+        return out | ({"revision": self.revision} if self.revision else {})
+
+
+def parse_hub_source(text: str) -> HubSource:
+    """``hf:NAME[:CONFIG][@SPLIT][#REVISION]`` -> ``HubSource``; ``ValueError`` without a name.
+
+    E.g. ``hf:wikitext:wikitext-2-raw-v1@test``, ``hf:org/corpus#v2`` (revision v2, default split),
+    ``hf:bigcode/the-stack@train#refs/convert/parquet``.
+    """
+    if not text.startswith(HUB_PREFIX):
+        raise ValueError(f"'{text}' is not a hub source: write hf:NAME[:CONFIG][@SPLIT][#REVISION]")
+    body, _, revision = text[len(HUB_PREFIX):].partition("#")
+    body, _, split = body.partition("@")
+    name, _, config = body.partition(":")
+    if not name:
+        raise ValueError(f"'{text}' names no data set: write hf:NAME[:CONFIG][@SPLIT][#REVISION]")
+    return HubSource(name, config or None, split or None, revision or None)
+

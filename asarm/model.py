@@ -1,7 +1,7 @@
 """The AS-ARM: a thin wrapper around ``transformers.XLNetLMHeadModel``.
 
 XLNet's two-stream attention is what makes an any-subset autoregressive model
-(spec section 2): the content stream ``h`` carries tokens, the query stream
+(docs/design.md, Two streams): the content stream ``h`` carries tokens, the query stream
 ``g`` carries only "which position do I predict", and ``perm_mask`` /
 ``target_mapping`` say who sees whom and who is predicted. With the joint mask
 one forward pass scores every masked token given all lower-ranked ones, which

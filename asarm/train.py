@@ -66,7 +66,8 @@ from .checkpoint import (CheckpointError, CheckpointSearch, CheckpointWarning, c
 from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_digests, make_encoder, open_split,
                    check_not_empty, resolve_dataset, stdlib_texts)
 from .train_config import (NOT_RECORDED, RESUME_MAY_CHANGE, TrainConfig, add_config_arguments,  # noqa: F401
-                           check_config, check_resume_config, config_differences, config_from_arguments)
+                           check_config, check_resume_config, config_differences, config_from_arguments,
+                           sampling_config)
 from .utils import atomic_write_json, atomic_write_text
 
 
@@ -593,8 +594,8 @@ def assd_samples(model, eval_x: torch.Tensor, cfg: TrainConfig, tokenizer, code:
     gen = obj.batch_generator(cfg.seed, -2, 0)
     sigma = random_sorted_order(x.shape[0], x.shape[1], n_known, generator=gen).to(model.device)
     prompt = x.masked_fill(sigma >= n_known, model.mask_token_id)
-    out = sample(model, prompt, sigma, torch.full((x.shape[0],), n_known, device=model.device),
-                 method="assd", k=cfg.sample_k, generator=torch.Generator(model.device).manual_seed(cfg.seed))
+    out = sample(model, prompt, sigma, torch.full((x.shape[0],), n_known, device=model.device), sampling_config(cfg),
+                 generator=torch.Generator(model.device).manual_seed(cfg.seed))
     counts = torch.bincount(out.sequences[sigma >= n_known].cpu(), minlength=model.vocab_size).double()
     metrics = {"assd_nfe": out.nfe.float().mean().item(), "assd_tokens": float(x.shape[1] - n_known),
                "assd_accept_rate": (out.accepted.sum() / out.drafted.sum().clamp(min=1)).item(),

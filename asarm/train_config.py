@@ -45,7 +45,7 @@ class TrainConfig:
     seed: int = opt(0, "seed of the initialisation, the batches, the orders and dropout")
     # data
     dataset: str = opt("openwebtext", "stdlib, openwebtext, starcoder (= bigcode/starcoderdata, python), "
-                                      "hf:ORG/NAME[@REVISION], or a path/glob of .txt (one document per file) or .jsonl files")
+                                      "hf:NAME[:CONFIG][@SPLIT][#REVISION], or a path/glob of .txt (one document per file) or .jsonl files")
     text_field: str = opt("", "record field holding the text (default: text; starcoder: content)")
     code_whitespace: str = opt("auto", "map newline/tab/2 and 3 spaces to <cls>/<sep>/<unk>/<pad> before "
                                        "tokenizing: auto (starcoder only), true or false")
@@ -178,12 +178,22 @@ def _coerce(f: dataclasses.Field, value):
 
 
 # ---------------------------------------------------------------------------- validation
+def sampling_config(cfg: TrainConfig):
+    """The ``asarm.sampling.SamplingConfig`` of the held-out ASSD samples (``sample_k``); ``ValueError`` if bad."""
+    from .sampling import SamplingConfig
+
+    try:
+        return SamplingConfig(method="assd", k=cfg.sample_k)
+    except ValueError as exc:
+        raise ValueError(f"sample_k: {exc}") from None
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Raise ``ValueError`` for settings that cannot train (``train`` runs this before anything is loaded)."""
     _check_choices(cfg)
     _check_rates(cfg)
-    for name in ("batch_size", "grad_accum", "save_steps", "log_steps", "keep_last", "eval_batches", "sample_rows",
-                 "sample_k"):
+    sampling_config(cfg)  # the held-out samples' sampler settings: SamplingConfig says what is wrong
+    for name in ("batch_size", "grad_accum", "save_steps", "log_steps", "keep_last", "eval_batches", "sample_rows"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.seq_len < 2:

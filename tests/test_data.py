@@ -72,7 +72,11 @@ def test_resolve_dataset_errors(tmp_path):
     assert spec.kind == "hub" and spec.field == "content" and spec.code and spec.hub["data_dir"] == "python"
     assert resolve_dataset("openwebtext").field == "text"
     assert resolve_dataset("stdlib").kind == "files"
-    assert resolve_dataset("hf:org/name@v2").hub == {"path": "org/name", "revision": "v2"}
+    assert resolve_dataset("hf:org/name#v2").hub == {"path": "org/name", "name": None, "split": "train",
+                                                     "revision": "v2"}
+    # one grammar with the evaluations' --data: hf:NAME[:CONFIG][@SPLIT][#REVISION]
+    assert resolve_dataset("hf:org/name:cfg@validation#main").hub == {"path": "org/name", "name": "cfg",
+                                                                      "split": "validation", "revision": "main"}
 
 
 def test_hub_dataset_offline_fails_with_a_clear_message():
@@ -160,3 +164,15 @@ def test_stdlib_source_is_offline_code_with_the_whitespace_mapping(local_tokeniz
     assert local_tokenizer.convert_tokens_to_ids("<cls>") in x.flatten().tolist()  # newlines became <cls>
     text = decode_text(x.flatten().tolist(), local_tokenizer, spec.code)
     assert "\n" in text and any(text.startswith(t[:20]) for t in stdlib_texts(10**9))
+
+
+def test_one_hub_grammar_for_training_and_evaluation_data():
+    from asarm.hub import HubSource, parse_hub_source
+
+    assert parse_hub_source("hf:wikitext:wikitext-2-raw-v1@test") == HubSource("wikitext", "wikitext-2-raw-v1", "test")
+    assert parse_hub_source("hf:org/corpus#refs/convert/parquet") == HubSource("org/corpus", revision="refs/convert/parquet")
+    assert parse_hub_source("hf:a@b").load_kwargs("validation") == {"path": "a", "name": None, "split": "b"}
+    assert parse_hub_source("hf:a").load_kwargs("validation")["split"] == "validation"
+    for bad in ("hf:", "hf:@test", "wikitext"):
+        with pytest.raises(ValueError, match="hf:NAME"):
+            parse_hub_source(bad)

@@ -1,6 +1,6 @@
 """Where evaluation data comes from: a local file (default under ``eval_datasets/``) or a hub data set.
 
-``--data`` takes a file path, or ``hf:NAME[:CONFIG][@SPLIT]`` for a Hugging Face
+``--data`` takes a file path, or ``hf:NAME[:CONFIG][@SPLIT][#REVISION]`` for a Hugging Face
 hub data set (needs the ``datasets`` package and network or its cache).
 Default paths are relative to ``$ASARM_EVAL_DATA`` (default ``eval_datasets``),
 laid out like ``eval_datasets/README.md`` says.
@@ -15,7 +15,8 @@ import json
 import os
 from pathlib import Path
 
-HUB_PREFIX = "hf:"
+from ..hub import HUB_PREFIX
+
 
 
 def default_data(relative: str) -> str:
@@ -71,11 +72,10 @@ def read_csv(path: str) -> list[dict]:
 
 
 def load_hub_rows(spec: str, default_split: str) -> list[dict]:
-    """Rows of ``hf:NAME[:CONFIG][@SPLIT]`` via ``datasets.load_dataset``."""
-    body = spec[len(HUB_PREFIX):]
-    body, _, split = body.partition("@")
-    name, _, config = body.partition(":")
-    from ..hub import hub_offline, hub_reachable
+    """Rows of ``hf:NAME[:CONFIG][@SPLIT][#REVISION]`` (``asarm.hub.parse_hub_source``) via ``datasets.load_dataset``."""
+    from ..hub import hub_offline, hub_reachable, parse_hub_source
+
+    source = parse_hub_source(spec)
 
     # Offline mode on: `datasets` serves its cache without touching the network. Off, with the network
     # down: fail now, not after the hub client's retries.
@@ -89,7 +89,7 @@ def load_hub_rows(spec: str, default_split: str) -> list[dict]:
         raise ImportError(f"loading '{spec}' needs the `datasets` package (pip install datasets), "
                           "or pass a local file with --data") from exc
     try:
-        ds = datasets.load_dataset(name, config or None, split=split or default_split)
+        ds = datasets.load_dataset(**source.load_kwargs(default_split))
     except Exception as exc:  # offline, unknown name: one clear message
         raise OSError(f"could not load the hub data set '{spec}' ({type(exc).__name__}: {exc}); "
                       "offline? pass a local file with --data") from exc
