@@ -49,10 +49,36 @@ def resolve_revision(args) -> None:
         args.revision = args.asarm_revision
 
 
+def tokenizer_for(model: str, revision: str | None = None, tokenizer: str | None = None):
+    """The tokenizer that goes with ``model`` (a local directory or hub id): ``tokenizer`` if given, else the
+    model's own (a directory holding tokenizer files, or the hub repository's), else ``FALLBACK_TOKENIZER``.
+
+    The one rule of every command and of training's ``init``. Raises ``OSError`` naming ``--tokenizer``
+    when the fallback is needed and not available (offline, not cached).
+    """
+    from .tokenizer import load_tokenizer
+
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if os.path.isdir(model):
+        if any(os.path.exists(os.path.join(model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json")):
+            return load_tokenizer(model)
+    else:
+        try:
+            return load_tokenizer(model, revision=revision)
+        except (OSError, ValueError):
+            pass  # a hub model without its own tokenizer (or not reachable): the fallback below
+    try:
+        return load_tokenizer(FALLBACK_TOKENIZER)
+    except OSError as exc:
+        raise OSError(f"'{model}' comes without a tokenizer, and the fallback {FALLBACK_TOKENIZER} is not "
+                      f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
+
+
 def load_model_and_tokenizer(args):
     """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
     from .model import ASARM
-    from .tokenizer import build_local_tokenizer, load_tokenizer
+    from .tokenizer import build_local_tokenizer
     from .utils import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
@@ -73,18 +99,7 @@ def load_model_and_tokenizer(args):
         # The model first (its small config): a mistyped --model must fail naming what the user typed,
         # not after the hub was tried for a fallback tokenizer the model would never have used.
         load_or_explain(AutoConfig.from_pretrained, args.model, args.revision, "model")
-        tok_src = args.tokenizer
-        if tok_src is None:
-            has_tok = os.path.isdir(args.model) and any(
-                os.path.exists(os.path.join(args.model, f)) for f in ("tokenizer.json", "spiece.model", "tokenizer_config.json"))
-            tok_src = args.model if has_tok else FALLBACK_TOKENIZER
-        try:
-            tokenizer = load_tokenizer(tok_src, revision=args.revision if tok_src == args.model else None)
-        except OSError as exc:
-            if tok_src != FALLBACK_TOKENIZER:
-                raise
-            raise OSError(f"'{args.model}' comes without a tokenizer, and the fallback {FALLBACK_TOKENIZER} is not "
-                          f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
+        tokenizer = tokenizer_for(args.model, args.revision, args.tokenizer)
         model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
     if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
         from .evaluation.protocol import banned_ids_for

@@ -68,6 +68,7 @@ from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_dige
 from .train_config import (NOT_RECORDED, RESUME_MAY_CHANGE, TrainConfig, add_config_arguments,  # noqa: F401
                            check_config, check_resume_config, config_differences, config_from_arguments,
                            sampling_config)
+from .loading import tokenizer_for
 from .utils import atomic_write_json, atomic_write_text
 
 
@@ -197,7 +198,7 @@ class MetricsLog:
 
 
 # ---------------------------------------------------------------------------- model and data
-def load_model_and_tokenizer(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
+def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
     """``(ASARM, tokenizer)`` from a checkpoint, a hub id / directory, or a fresh config."""
     from .model import ASARM
     from .tokenizer import special_ids
@@ -233,10 +234,7 @@ def _load_tokenizer(cfg: TrainConfig, ckpt: Path | None, accelerator):
         return load_tokenizer(cfg.tokenizer)
     if cfg.init == "fresh":
         raise ValueError("init=fresh needs a tokenizer: set tokenizer to 'local', a directory or a hub id")
-    try:
-        return load_tokenizer(cfg.init, cfg.revision or None)
-    except (OSError, ValueError):
-        return load_tokenizer("xlnet/xlnet-base-cased")
+    return tokenizer_for(cfg.init, cfg.revision or None)  # the commands' rule: the model's own, else XLNet's
 
 
 def check_seq_len(cfg: TrainConfig, tokenizer) -> None:
@@ -731,7 +729,7 @@ def start(cfg: TrainConfig, attempt: Attempt) -> tuple[Run, TrainState]:
     max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
     set_aside_damaged(accelerator, search)
 
-    model, tokenizer = load_model_and_tokenizer(cfg, spec, ckpt, accelerator)
+    model, tokenizer = model_for_training(cfg, spec, ckpt, accelerator)
     check_seq_len(cfg, tokenizer)
     frozen = freeze_unused(model)
     model.train()
