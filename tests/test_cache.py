@@ -82,6 +82,9 @@ DECODES = {
     "assd_random_bonus": ("random", dict(method="assd", k=3, bonus=True)),
     "assd_draft_only_T": ("random", dict(method="assd", k=5, temperature=0.5, temperature_mode="draft")),
     "ngram_sorted": ("sorted", dict(method="ngram", k=4)),
+    # one-call rounds: queries of several limits (< n_known) in one call
+    "lookahead_full_random": ("random", dict(method="assd", k=3, lookahead="full", temperature=0.5)),
+    "lookahead_cheap_sorted_adaptive": ("sorted", dict(method="assd", k=4, lookahead="cheap", adaptive_k=True)),
 }
 
 
@@ -236,6 +239,7 @@ _PEAK_RSS_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from asarm import ASARM, orders
     from asarm.cache import CachedDecoder
+    from asarm.decoders import Queries
     N = int(sys.argv[1])
     model = ASARM.from_config(vocab_size=64, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
     m = torch.tensor([N - 16])
