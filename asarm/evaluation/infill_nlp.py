@@ -8,8 +8,9 @@ Each story is sentences 1-4 plus its right ending (sentence 5). Two settings:
 Prompt, middle and suffix are encoded each on its own, as the paper does: the
 ``▁`` that opens each part is the space between the parts, so the ids are those
 of the whole story. The number of masked tokens is the true middle's token
-count. One unit = one (setting, story); its ``--trials`` samples are the rows
-of one batch. ``--method oracle`` writes the true middle's tokens where the
+count. One unit = one (setting, story); its ``--trials`` samples are rows of
+one batch (``--batch-size B``: B units' rows together), row ``t`` sampled from
+its own generator (``batching.row_generator(unit seed, t)``). ``--method oracle`` writes the true middle's tokens where the
 samples would go (the pipeline's self-check: ROUGE 100 unless the tokenizer's
 normaliser changed the text). The generated middle is decoded in context
 (``decode_text``), so ``prompt + generated + " " + suffix`` is the story text.

@@ -25,6 +25,12 @@ Each unit draws its randomness from ``unit_seed(seed, uid)``, so its records do
 not depend on which process ran it, in which order, or after how many restarts:
 shard + merge and interrupt + resume give the same numbers as one process
 (wall-clock times aside). Shard ``i`` of ``n`` takes units ``i, i + n, ...``.
+
+``--batch-size B`` hands ``process`` B units at a time (one batched sampler call,
+``evaluation.batching``); every unit still samples from generators seeded from its
+own seed, so B changes the speed, not the records, and is a runtime setting (a
+run resumed with another B continues the same run). Units are recorded per unit,
+once their batch is done.
 """
 
 from __future__ import annotations

@@ -101,8 +101,10 @@ def encode_rows(rows: list[str], tokenizer, specials: bool) -> list[int]:
     kept = rows if specials else [r for r in rows if r.strip()]
     if not kept:
         return []
+    from ..tokenizer import encode_plain
+
     ids: list[int] = []
-    for row_ids in tokenizer(kept, add_special_tokens=specials)["input_ids"]:
+    for row_ids in (tokenizer(kept, add_special_tokens=True)["input_ids"] if specials else encode_plain(tokenizer, kept)):
         ids += row_ids + [eos]
     return ids
 
