@@ -24,19 +24,20 @@ METHOD=${METHOD:-assd}
 NUM_SAMPLES=${NUM_SAMPLES:-1}
 PROTOCOL=${PROTOCOL:-paper}
 K=${K:-}  # empty: the protocol's (paper 10, asarm 5)
-TEMPERATURE=${TEMPERATURE:-1.0}
+TEMPERATURE=${TEMPERATURE:-}  # empty: 1.0
 HARNESS=${HARNESS:-auto}
 TIMEOUT=${TIMEOUT:-3.0}
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
 OUT=${OUT:-outputs/infill_code_${BENCHMARK}_${METHOD}_${PROTOCOL}}
 K_ARGS=()
-[[ -n "$K" ]] && K_ARGS=(--k "$K")
+[[ -n "$K" ]] && K_ARGS=(--k "$K")  # only what differs from the defaults (asarm.sampling.SamplingConfig)
+[[ -n "$TEMPERATURE" ]] && K_ARGS+=(--temperature "$TEMPERATURE")
 declare -A FILES=([single-line]=HumanEval-SingleLineInfilling.jsonl.gz [multi-line]=HumanEval-MultiLineInfilling.jsonl.gz
                   [random-span]=HumanEval-RandomSpanInfilling.jsonl.gz [random-span-light]=HumanEval-RandomSpanInfillingLight.jsonl.gz)
 DATA=${DATA:-$DATA_DIR/${FILES[$BENCHMARK]}}
 
 run_eval "$OUT" infill-code --model "$MODEL" --revision "$REVISION" --benchmark "$BENCHMARK" --data "$DATA" \
-  --method "$METHOD" --num-samples "$NUM_SAMPLES" --protocol "$PROTOCOL" "${K_ARGS[@]}" --temperature "$TEMPERATURE" \
+  --method "$METHOD" --num-samples "$NUM_SAMPLES" --protocol "$PROTOCOL" "${K_ARGS[@]}" \
   --harness "$HARNESS" \
   --timeout "$TIMEOUT" --device "$DEVICE" --seed "$SEED"

@@ -25,14 +25,15 @@ METHOD=${METHOD:-assd}
 TRIALS=${TRIALS:-5}
 PROTOCOL=${PROTOCOL:-paper}
 K=${K:-}  # empty: the protocol's (paper 10, asarm 5)
-TEMPERATURE=${TEMPERATURE:-1.0}
+TEMPERATURE=${TEMPERATURE:-}  # empty: 1.0
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
 OUT=${OUT:-outputs/infill_nlp_${REVISION}_${METHOD}_${PROTOCOL}}
 K_ARGS=()
-[[ -n "$K" ]] && K_ARGS=(--k "$K")
+[[ -n "$K" ]] && K_ARGS=(--k "$K")  # only what differs from the defaults (asarm.sampling.SamplingConfig)
+[[ -n "$TEMPERATURE" ]] && K_ARGS+=(--temperature "$TEMPERATURE")
 
 # shellcheck disable=SC2086
 run_eval "$OUT" infill-nlp --model "$MODEL" --revision "$REVISION" --data "$DATA" --settings $SETTINGS \
-  --method "$METHOD" --trials "$TRIALS" --protocol "$PROTOCOL" "${K_ARGS[@]}" --temperature "$TEMPERATURE" \
+  --method "$METHOD" --trials "$TRIALS" --protocol "$PROTOCOL" "${K_ARGS[@]}" \
   --device "$DEVICE" --seed "$SEED"

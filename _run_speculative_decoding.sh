@@ -12,6 +12,10 @@
 #   TRIALS=20 DATA=../shared/data/wikitext-2-raw/wiki.test.raw bash _run_speculative_decoding.sh
 #   PROTOCOL=asarm BACKENDS=cached bash _run_speculative_decoding.sh   # asarm's defaults, cached decoder only
 # Every setting below is a variable; EXTRA_ARGS is appended (e.g. "--baseline-model xlnet/xlnet-base-cased").
+# The paper's ablations are sampler options (asarm.sampling.SamplingConfig), e.g.
+#   EXTRA_ARGS="--r-atol 0.1" bash _run_speculative_decoding.sh                       # lossy acceptance slack
+#   TEMPERATURE=0.7 EXTRA_ARGS="--temperature-mode draft --draft-only-temperature paper" bash _run_speculative_decoding.sh
+#   for K in 1 2 3 5 8; do K=$K bash _run_speculative_decoding.sh; done                 # k sweep: one run per k
 # PROTOCOL=paper (default) follows the paper's released code: rows encoded with <sep><cls> then </s>, no chunk
 # reuse (fewer trials than TRIALS when the chunks run out), int(0.05 N) + 1 visible, judged text with specials,
 # only <mask> banned. BACKENDS="plain cached" times every sample with the paper's decoder and the K/V cache.
@@ -28,15 +32,18 @@ SEQ_LEN=${SEQ_LEN:-512}
 VISIBLE_FRAC=${VISIBLE_FRAC:-0.05}
 TRIALS=${TRIALS:-700}
 METHODS=${METHODS:-sequential assd ngram}
-K=${K:-5}
-TEMPERATURE=${TEMPERATURE:-1.0}
+K=${K:-}                      # empty: SamplingConfig's default (5)
+TEMPERATURE=${TEMPERATURE:-}  # empty: 1.0
 JUDGE=${JUDGE:-gpt2-large}
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
-OUT=${OUT:-outputs/speculative_${PROTOCOL}_${REVISION}_k${K}}
+OUT=${OUT:-outputs/speculative_${PROTOCOL}_${REVISION}_k${K:-5}}
+SAMPLING_ARGS=()  # only what differs from the defaults (asarm.sampling.SamplingConfig)
+[[ -n "$K" ]] && SAMPLING_ARGS+=(--k "$K")
+[[ -n "$TEMPERATURE" ]] && SAMPLING_ARGS+=(--temperature "$TEMPERATURE")
 
 # shellcheck disable=SC2086
 run_eval "$OUT" speculative --protocol "$PROTOCOL" --backends $BACKENDS --model "$MODEL" --revision "$REVISION" \
   --data "$DATA" --seq-len "$SEQ_LEN" \
-  --visible-frac "$VISIBLE_FRAC" --trials "$TRIALS" --methods $METHODS --k "$K" --temperature "$TEMPERATURE" \
+  --visible-frac "$VISIBLE_FRAC" --trials "$TRIALS" --methods $METHODS "${SAMPLING_ARGS[@]}" \
   --judge "$JUDGE" --device "$DEVICE" --seed "$SEED"

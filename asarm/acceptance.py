@@ -40,6 +40,12 @@ def check_probabilities(out: torch.Tensor, logits: torch.Tensor, temperature: fl
         "float32; use a temperature of at least 1e-30 (1e-4 is already practically greedy)")
 
 
+def masked_tempered_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor) -> torch.Tensor:
+    """``logits / T`` in float32 with the ``banned`` ids (``(V,)`` bool) at ``-inf``: the one input of
+    every sampling distribution (``probs_from_logits``) and score (``ASARM.log_probs``)."""
+    return (logits.float() / temperature).masked_fill(banned, float("-inf"))
+
+
 def probs_from_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor) -> torch.Tensor:
     """``softmax(logits / T)`` with ``banned`` ids at probability 0.
 
@@ -50,7 +56,7 @@ def probs_from_logits(logits: torch.Tensor, temperature: float, banned: torch.Te
     Raises:
         NonFiniteLogitsError: NaN/inf logits, or ``T`` so small that ``logits / T`` overflows.
     """
-    z = (logits.float() / temperature).masked_fill(banned, float("-inf"))
+    z = masked_tempered_logits(logits, temperature, banned)
     return check_probabilities(torch.softmax(z, dim=-1), logits, temperature)
 
 

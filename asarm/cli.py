@@ -93,7 +93,7 @@ def encode_masked_text(text: str, tokenizer, code: bool = False, max_new_tokens:
 
 
 def register_infill(sub) -> None:
-    from .sampling import DRAFT_ONLY_TEMPERATURES, NGRAM_DRAFTS
+    from .sampling import add_sampling_arguments
 
     p = sub.add_parser("infill", help="fill [MASK:n] spans of a text by sequential decoding, ASSD or n-gram drafts",
                        description="Infill the [MASK:n] spans of a text (n = number of tokens) with an AS-ARM and "
@@ -104,25 +104,12 @@ def register_infill(sub) -> None:
     src.add_argument("--text-file", help="read the text from this file")
     p.add_argument("--method", nargs="+", default=["assd"], choices=["sequential", "assd", "ngram"],
                    help="one or more sampling methods (default: %(default)s)")
-    p.add_argument("--k", type=int, default=5, help="draft length for assd/ngram (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature T > 0 (default: %(default)s)")
-    p.add_argument("--temperature-mode", default="both", choices=["both", "draft"],
-                   help="apply T to draft and oracle (exact tempered joint) or the draft only")
-    p.add_argument("--bonus", action="store_true", help="ASSD: extra token when all drafts are accepted")
-    p.add_argument("--ngram-draft", default="bigram", choices=list(NGRAM_DRAFTS),
-                   help="ngram: asarm's bigram drafter (plus a query after the last draft) or the paper's "
-                        "(bigram, else unigram counts; a model draft where no left token is known; no extra "
-                        "query) (default: %(default)s)")
-    p.add_argument("--draft-only-temperature", default="verify0", choices=list(DRAFT_ONLY_TEMPERATURES),
-                   help="with --temperature-mode draft: temper draft 0 and verify it (verify0), or leave it "
-                        "untempered and keep it without a test, as the paper (default: %(default)s)")
+    add_sampling_arguments(p, skip=("method",))  # --k, --temperature, --backend, ...: one SamplingConfig
     p.add_argument("--order", default="sorted", choices=["sorted", "random"],
                    help="masked positions left to right (sorted) or in a random order")
     p.add_argument("--code", action="store_true",
                    help="code model: map whitespace to XLNet specials and let the model sample them "
                         "(on by default with --revision code)")
-    p.add_argument("--backend", default="cached", choices=["cached", "plain"],
-                   help="decoder: cached K/V (fast) or plain recomputation (the paper's); same samples (default: %(default)s)")
     p.add_argument("--samples", type=int, default=1, help="completions per method (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
                    help="refuse [MASK:n] spans totalling more tokens than this (default: %(default)s)")
@@ -130,15 +117,9 @@ def register_infill(sub) -> None:
     p.set_defaults(func=run_infill)
 
 
-def run_infill(args) -> int:
-    import torch
-
-    from . import orders
-    from .sampling import sample
-
-    if args.samples < 1:
-        raise ValueError("--samples must be >= 1")
-    from .data import code_whitespace_ids, decode_text
+def read_infill_text(args) -> str:
+    """The text of ``--text`` or ``--text-file``, its spans checked (before the model loads: a bad marker fails
+    in milliseconds)."""
     from .utils import check_input_file
 
     if args.text is not None:
@@ -148,30 +129,40 @@ def run_infill(args) -> int:
             text = check_input_file(args.text_file, "--text-file").read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"--text-file '{args.text_file}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    parse_mask_spans(text, args.max_new_tokens)  # before the model loads: a bad marker fails in milliseconds
-    code = args.code or args.revision == "code"
+    parse_mask_spans(text, args.max_new_tokens)
+    return text
+
+
+def run_infill(args) -> int:
+    import torch
+
+    from . import orders
+    from .data import decode_text
+    from .evaluation.batching import synchronize
+    from .evaluation.protocol import config_from_args
+    from .sampling import sample
+
+    config = config_from_args(args)  # first: a bad --k or --temperature fails before anything loads
+    if args.samples < 1:
+        raise ValueError("--samples must be >= 1")
+    text = read_infill_text(args)
+    args.code = args.code or args.revision == "code"  # the loader then lets the model sample whitespace specials
     model, tokenizer = load_model_and_tokenizer(args)
-    if code:
-        model = model.allowing(code_whitespace_ids(tokenizer))
-    ids = torch.tensor([encode_masked_text(text, tokenizer, code, args.max_new_tokens)] * args.samples,
+    ids = torch.tensor([encode_masked_text(text, tokenizer, args.code, args.max_new_tokens)] * args.samples,
                        device=model.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     sigma, m = orders.infill_order(ids, model.mask_token_id, shuffle=args.order == "random", generator=gen)
     print(f"{ids.shape[1]} tokens, {int((ids[0] == model.mask_token_id).sum())} to generate")
     for method in args.method:
         gen.manual_seed(args.seed)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(model.device)
         t0 = time.perf_counter()
-        out = sample(model, ids, sigma, m, method=method, k=args.k, temperature=args.temperature,
-                     temperature_mode=args.temperature_mode, bonus=args.bonus, ngram_draft=args.ngram_draft,
-                     draft_only_temperature=args.draft_only_temperature, generator=gen, backend=args.backend)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
+        out = sample(model, ids, sigma, m, config.replace(method=method), generator=gen)
+        synchronize(model.device)
         dt = time.perf_counter() - t0
         for row in range(args.samples):
             print(f"\n[{method}] sample {row}: NFE {int(out.nfe[row])}, {dt / args.samples:.3f} s")
-            print(decode_text(out.sequences[row].tolist(), tokenizer, code))
+            print(decode_text(out.sequences[row].tolist(), tokenizer, args.code))
     return 0
 
 

@@ -101,10 +101,21 @@ def load_model_and_tokenizer(args):
         load_or_explain(AutoConfig.from_pretrained, args.model, args.revision, "model")
         tokenizer = tokenizer_for(args.model, args.revision, args.tokenizer)
         model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
-    if getattr(args, "banned", None) is not None:  # the protocol's sampled vocabulary (evaluation.protocol)
-        from .evaluation.protocol import banned_ids_for
-        from .model import ASARM as _ASARM
+    return _sampled_vocabulary(model, tokenizer, args).to(device=device, dtype=dtype).eval(), tokenizer
 
-        code = bool(getattr(args, "code_whitespace", False) or getattr(args, "code", False))
-        model = _ASARM(model.xlnet, model.mask_token_id, banned_ids_for(args.banned, tokenizer, code))
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+def _sampled_vocabulary(model, tokenizer, args):
+    """``model`` with the banned ids of ``--banned`` (the protocol's sampled vocabulary,
+    ``evaluation.protocol.banned_ids_for``), and a code model's whitespace specials sampleable
+    (``--code`` / code whitespace on: ``tokenizer.unban_code_whitespace``)."""
+    from .model import ASARM
+    from .tokenizer import unban_code_whitespace
+
+    code = bool(getattr(args, "code_whitespace", False) or getattr(args, "code", False))
+    if getattr(args, "banned", None) is not None:
+        from .evaluation.protocol import banned_ids_for
+
+        return ASARM(model.xlnet, model.mask_token_id, banned_ids_for(args.banned, tokenizer, code))
+    if code:
+        return ASARM(model.xlnet, model.mask_token_id, unban_code_whitespace(model.banned_token_ids, tokenizer))
+    return model

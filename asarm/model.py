@@ -26,7 +26,8 @@ from torch import nn
 
 from .hub import load_or_explain
 from .orders import check_order, joint_mask, target_mapping
-from .sampling import check_probabilities, check_temperature
+from .acceptance import check_probabilities, masked_tempered_logits
+from .sampling import check_temperature
 from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_ids
 
 # Keys under which the AS-ARM's own settings travel inside XLNet's config.json
@@ -226,7 +227,7 @@ class ASARM(nn.Module):
         Raises ``NonFiniteLogitsError`` (a ``ValueError``) when the result holds NaN: NaN/inf
         logits (a broken model) or a temperature so small that ``logits / T`` overflows.
         """
-        z = (logits.float() / temperature).masked_fill(self.banned, float("-inf"))
+        z = masked_tempered_logits(logits, temperature, self.banned)
         return check_probabilities(torch.log_softmax(z, dim=-1), logits, temperature)
 
     def check_inputs(self, input_ids: torch.Tensor, sigma: torch.Tensor, num_visible: torch.Tensor) -> None:

@@ -84,6 +84,13 @@ def code_whitespace_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(token) for _, token in CODE_WHITESPACE]
 
 
+def unban_code_whitespace(banned_ids, tokenizer) -> list[int]:
+    """``banned_ids`` without the code whitespace specials (``code_whitespace_ids``), sorted: the banned
+    ids of a code model, which writes newlines, tabs and runs of spaces as those specials."""
+    allowed = set(code_whitespace_ids(tokenizer))
+    return sorted(int(i) for i in banned_ids if int(i) not in allowed)
+
+
 # ---------------------------------------------------------------------------- building and loading
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int, prefix: str) -> None:
     import sentencepiece as spm
@@ -190,6 +197,12 @@ def _split_at_first_added(text: str, tokenizer) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+def encode_plain(tokenizer, text):
+    """Ids of ``text`` (a string, or a list of strings: a list of id lists) without the tokenizer's
+    specials (XLNet would append ``<sep><cls>``): the one place text is tokenised plainly."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def make_encoder(tokenizer, code: bool, add_special_tokens: bool = False) -> Callable[..., list[int]]:
     """``encode(text, continues=False) -> ids``: the code whitespace mapping (if ``code``), then the tokenizer.
 
@@ -207,8 +220,10 @@ def make_encoder(tokenizer, code: bool, add_special_tokens: bool = False) -> Cal
                 and is_sentencepiece(tokenizer):
             head, rest = _split_at_first_added(text, tokenizer)
             ids = _unprefixed_backend(tokenizer).encode(head, add_special_tokens=False).ids if head else []
-            return ids + (tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
-        return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+            return ids + (encode_plain(tokenizer, rest) if rest else [])
+        if not add_special_tokens:
+            return encode_plain(tokenizer, text)
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
 
     return encode
 

@@ -9,6 +9,7 @@ import pytest
 from asarm.cli import main
 from asarm.data import decode_text, make_encoder
 from asarm.evaluation.execution import check_many
+from asarm.evaluation.protocol import sampling_value
 from asarm.evaluation.infill_code import (BENCHMARKS, build_inputs, completion_text, ends_mid_segment, generate,
                                           load_problems, lossless_encoder, middle_loss)
 from asarm.evaluation.runner import Unit
@@ -138,6 +139,8 @@ def test_cli_oracle_records_the_protocol(shared_data, tokenizer_dir, tmp_path):
     assert main([*base, "--protocol", "paper", "--output-dir", str(tmp_path / "p")]) == 0
     assert main([*base, "--protocol", "paper", "--k", "3", "--context", "trim", "--output-dir", str(tmp_path / "x")]) == 0
     a, p, x = _config(tmp_path / "a"), _config(tmp_path / "p"), _config(tmp_path / "x")
+    for c in (a, p, x):  # the sampler's settings travel under "sampling" (SamplingConfig.to_dict())
+        c["k"] = sampling_value(c, "k")
     assert (a["protocol"], a["k"], a["banned"], a["context"], a["code_encoding"]) == \
         ("asarm", 5, "specials", "trim", "continuation")
     assert (p["protocol"], p["k"], p["banned"], p["context"], p["code_encoding"]) == ("paper", 10, "mask", "full", "separate")
@@ -188,7 +191,7 @@ def test_protocol_banned_reaches_the_model_and_full_context_samples(shared_data,
     for protocol in ("asarm", "paper"):
         args = build_parser().parse_args(["infill-code", "--model", str(model_dir), "--protocol", protocol,
                                           "--device", "cpu"])
-        apply_protocol(args, {"k": "infill_k", "context": "code_context"})
+        apply_protocol(args, {"context": "code_context"})
         banned[protocol] = set(load_model_and_tokenizer(args)[0].banned_token_ids)
     assert banned["paper"] == {local_tokenizer.mask_token_id}
     assert local_tokenizer.mask_token_id in banned["asarm"] and len(banned["asarm"]) > 1

@@ -71,7 +71,7 @@ def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp
     out = tmp_path / "spec"
     assert main(_spec_args(tiny_model_dir, wiki_subset, out, "--judge", str(tiny_judge_dir))) == 0
     res = _results(out)
-    assert res["config"]["k"] == 5 and res["config"]["trials"] == 4  # the config travels with the results
+    assert res["config"]["sampling"]["k"] == 5 and res["config"]["trials"] == 4  # the config travels with the results
     methods = res["results"]["methods"]
     assert list(methods) == ["sequential", "assd", "ngram"]
     for row in methods.values():
@@ -139,7 +139,7 @@ def test_resume_and_shards_give_the_same_numbers(tiny_model_dir, wiki_subset, tm
     assert main(_spec_args(tiny_model_dir, wiki_subset, one, *args)) == 0
 
     # interrupted after two trials, then resumed
-    calls, real = {"n": 0}, speculative.run_trial
+    calls, real = {"n": 0}, speculative.run_trials
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -148,12 +148,12 @@ def test_resume_and_shards_give_the_same_numbers(tiny_model_dir, wiki_subset, tm
         return real(*a, **kw)
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(speculative, "run_trial", flaky)
+    monkeypatch.setattr(speculative, "run_trials", flaky)
     assert main(_spec_args(tiny_model_dir, wiki_subset, resumed, *args)) == 130
     assert not (resumed / "results.json").exists() and len(_samples(resumed)) == 2
     with open(next(resumed.glob("samples.*.jsonl")), "a") as f:
         f.write('{"uid": "trial-00002", "reco')  # a write cut by the kill
-    monkeypatch.setattr(speculative, "run_trial", real)
+    monkeypatch.setattr(speculative, "run_trials", real)
     assert main(_spec_args(tiny_model_dir, wiki_subset, resumed, *args)) == 0
     assert calls["n"] == 3  # the resumed run did not redo the finished trials
 
@@ -185,7 +185,7 @@ def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
     res = _results(out)["results"]
     assert set(res) == {"middle", "long"} and res["middle"]["n"] == 4
     cfg = _config(out)  # asarm's protocol, resolved before anything ran
-    assert (cfg["protocol"], cfg["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == ("asarm", 5, "specials", "mean", True)
+    assert (cfg["protocol"], cfg["sampling"]["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == ("asarm", 5, "specials", "mean", True)
     assert res["middle"]["rouge_aggregate"] == "mean" and res["middle"]["rouge1"] == res["middle"]["rouge1_mean"]
     records = [r for rs in _samples(out).values() for r in rs]
     for r in records:
@@ -202,7 +202,7 @@ def test_infill_nlp_oracle_under_the_paper_protocol(tiny_model_dir, shared_data,
     assert main(["infill-nlp", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "6", "--trials", "2",
                  "--method", "oracle", "--protocol", "paper", "--output-dir", str(out), *FAST]) == 0
     cfg = _config(out)
-    assert (cfg["protocol"], cfg["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == ("paper", 10, "mask", "bootstrap", False)
+    assert (cfg["protocol"], cfg["sampling"]["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == ("paper", 10, "mask", "bootstrap", False)
     assert _results(out)["config"]["rouge"] == "bootstrap"
     for setting in ("middle", "long"):
         r = _results(out)["results"][setting]
@@ -216,7 +216,7 @@ def test_infill_nlp_oracle_under_the_paper_protocol(tiny_model_dir, shared_data,
                  "--method", "oracle", "--protocol", "paper", "--rouge", "mean", "--rouge-stemmer", "--k", "3",
                  "--output-dir", str(out2), *FAST]) == 0
     cfg = _config(out2)
-    assert (cfg["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == (3, "mask", "mean", True)
+    assert (cfg["sampling"]["k"], cfg["banned"], cfg["rouge"], cfg["rouge_stemmer"]) == (3, "mask", "mean", True)
 
 
 # ---------------------------------------------------------------------------- infill-code
@@ -284,7 +284,7 @@ def test_density_lambada_and_hellaswag(tiny_model_dir, shared_data, tmp_path):
                  str(paper), "--max-length", "96", "--protocol", "paper",
                  "--data", str(shared_data / "lambada" / "lambada_test_plain_text.txt"), *FAST]) == 0
     cfg, res = _config(paper), _results(paper)["results"]
-    assert (cfg["protocol"], cfg["density_logits"], cfg["lambada"], cfg["k"]) == ("paper", "raw", "sampled", 10)
+    assert (cfg["protocol"], cfg["density_logits"], cfg["lambada"], cfg["sampling"]["k"]) == ("paper", "raw", "sampled", 10)
     assert res["accuracy_kind"] == "sampled" and res["accuracy"] == res["accuracy_sampled"]
     # raw logits give the banned ids some mass, so the word's log-likelihood can only go down
     banned = {r["id"]: r["logp"] for rs in _samples(out).values() for r in rs}
@@ -365,7 +365,7 @@ def test_clear_errors(tiny_model_dir, wiki_subset, shared_data, tmp_path, capsys
                  "--methods", "sequential", "--output-dir", str(out)]) == 0
     err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "1",
                           "--seq-len", "16", "--methods", "sequential", "--k", "3", "--output-dir", str(out)])
-    assert "different run (settings differ: k)" in err
+    assert "different run (settings differ: sampling.k)" in err
     err = _error(capsys, ["speculative", *model, "--data", str(wiki_subset), "--judge", "none", "--trials", "2",
                           "--seq-len", "16", "--overwrite", "--shard", "0", "--num-shards", "2", "--output-dir", str(out)])
     assert "other shards' results" in err and (out / "config.json").exists()
@@ -402,9 +402,9 @@ def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path
         shared_data / "rocstories" / "cloze_test_val__spring2016.csv"), "TRIALS": "1", "EXTRA_ARGS":
         "--threads 1 --no-progress --limit 2", "OUT": str(tmp_path / "n")}, tmp_path)
     assert set(res["results"]) == {"middle", "long"}
-    assert (res["config"]["protocol"], res["config"]["k"], res["config"]["rouge"]) == ("paper", 10, "bootstrap")
+    assert (res["config"]["protocol"], res["config"]["sampling"]["k"], res["config"]["rouge"]) == ("paper", 10, "bootstrap")
     res = _launch("_run_code_infill_eval.sh", {"METHOD": "canonical", "DATA_DIR": str(shared_data / "human-eval-infilling"),
                   "BENCHMARK": "random-span-light", "EXTRA_ARGS": "--limit 3 --no-progress", "OUT": str(tmp_path / "c")},
                   tmp_path)
     assert res["results"]["pass@1"] == 100.0
-    assert (res["config"]["protocol"], res["config"]["k"], res["config"]["context"]) == ("paper", 10, "full")
+    assert (res["config"]["protocol"], res["config"]["sampling"]["k"], res["config"]["context"]) == ("paper", 10, "full")

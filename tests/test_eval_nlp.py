@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from asarm.evaluation import density, infill_nlp, metrics
+from asarm.sampling import SamplingConfig
 from asarm.tokenizer import decode_text, lossy_reason, make_encoder, opens_segment
 
 ORACLE_STORIES = 120
@@ -25,7 +26,7 @@ def lambada_items(shared_data):
 
 
 def _oracle_cfg(stemmer):
-    return {"method": "oracle", "k": 10, "temperature": 1.0, "order": "sorted", "trials": 2, "max_length": 10_000,
+    return {"method": "oracle", "order": "sorted", "trials": 2, "max_length": 10_000,
             "rouge_stemmer": stemmer}
 
 
@@ -139,17 +140,17 @@ def test_lambada_sampled_path_samples_exactly_the_masked_target(lambada_items, t
 
     seen = []
 
-    def truthful(model, ids, sigma, m, *, method, k, temperature, generator):
-        seen.append((ids.clone(), int(m[0]), method, k, temperature))
+    def truthful(model, ids, sigma, m, config, *, generator, lengths):
+        seen.append((ids.clone(), int(m[0]), config.method, config.k, config.temperature))
         out = ids.clone()
         out[0, int(m[0]):] = torch.tensor(target)
-        return sampling.SampleOutput(out, torch.tensor([1]), None, None)
+        return sampling.SampleOutput(out, torch.tensor([1]), torch.tensor([0]), torch.tensor([0]))
 
     monkeypatch.setattr(sampling, "sample", truthful)
     encode = make_encoder(local_tokenizer, False)
     for item in lambada_items[:15]:
         target = encode(item["target"])
-        rec = density.score_lambada(item, 0, tiny_model, local_tokenizer, {"k": 10, "max_length": 96})
+        rec = density.score_lambada(item, 0, tiny_model, local_tokenizer, {"sampling": SamplingConfig(k=10), "max_length": 96})
         ids, m, method, k, temperature = seen[-1]
         assert (method, k, temperature) == ("assd", 10, 1.0)
         context = encode(item["context"])[-(96 - len(target)):]  # cut from the left to fit
@@ -160,7 +161,7 @@ def test_lambada_sampled_path_samples_exactly_the_masked_target(lambada_items, t
 
 
 def test_lambada_real_sampling_runs_and_scores_greedy(lambada_items, tiny_model, local_tokenizer):
-    rec = density.score_lambada(lambada_items[0], 1, tiny_model, local_tokenizer, {"k": 4, "max_length": 64})
+    rec = density.score_lambada(lambada_items[0], 1, tiny_model, local_tokenizer, {"sampling": SamplingConfig(k=4), "max_length": 64})
     assert 1 <= rec["nfe"] <= rec["target_tokens"] and rec["logp"] < 0
     assert isinstance(rec["correct_greedy"], bool) and rec["correct_sampled"] == (rec["sampled"].strip() == rec["target"])
 

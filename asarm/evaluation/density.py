@@ -33,8 +33,9 @@ import re
 from pathlib import Path
 
 from .metrics import mean_se
-from .protocol import add_protocol_argument, apply_protocol
-from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
+from ..sampling import add_sampling_arguments
+from .protocol import add_protocol_argument, apply_protocol, sampling_config
+from .runner import Unit, add_run_arguments, markdown_table, per_unit, pm, run_evaluation
 from .sources import default_data, load_rows, read_jsonl, read_text, require_fields
 
 LAMBADA_ACCURACIES = ("sampled", "greedy")
@@ -90,26 +91,8 @@ def load_hellaswag(source: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- scoring
-def masked_block_scores(model, context: list[int], target: list[int]) -> tuple[float, bool]:
-    """``(log p(target | context), greedy_match)`` for one context + target block (sorted order, one forward)."""
-    import torch
-
-    from ..orders import joint_mask, sorted_order, target_mapping
-
-    ids = torch.tensor([context + target], device=model.device)
-    visible = torch.zeros_like(ids, dtype=torch.bool)
-    visible[0, :len(context)] = True
-    sigma = sorted_order(visible)
-    m = torch.tensor([len(context)], device=model.device)
-    mapping, positions, _ = target_mapping(sigma, m, len(target))
-    with torch.no_grad(), model.without_dropout():
-        logp = model.log_probs(model(ids, joint_mask(sigma, m), mapping))[0]
-    tgt = torch.tensor(target, device=model.device)
-    return float(logp.gather(-1, tgt[:, None]).sum()), bool((logp.argmax(-1) == tgt).all())
-
-
-def joint_logp(model, context: list[int], target: list[int]) -> float:
-    """``model.joint_log_prob`` of ``target`` after ``context`` (visible = context, sorted order)."""
+def context_target_inputs(model, context: list[int], target: list[int]):
+    """``(ids (1, N), sigma, num_visible)`` of ``context + target`` with the context visible (sorted order)."""
     import torch
 
     from ..orders import sorted_order
@@ -117,7 +100,31 @@ def joint_logp(model, context: list[int], target: list[int]) -> float:
     ids = torch.tensor([context + target], device=model.device)
     visible = torch.zeros_like(ids, dtype=torch.bool)
     visible[0, :len(context)] = True
-    return float(model.joint_log_prob(ids, sorted_order(visible), torch.tensor([len(context)], device=model.device))[0])
+    return ids, sorted_order(visible), torch.tensor([len(context)], device=model.device)
+
+
+def joint_logp(model, context: list[int], target: list[int]) -> float:
+    """``model.joint_log_prob`` of ``target`` after ``context`` (visible = context, sorted order)."""
+    return float(model.joint_log_prob(*context_target_inputs(model, context, target))[0])
+
+
+def greedy_match(model, context: list[int], target: list[int]) -> bool:
+    """True when every target token is the argmax of its conditional given the context and the target
+    tokens before it (the joint mask: one forward pass)."""
+    import torch
+
+    from ..orders import joint_mask, target_mapping
+
+    ids, sigma, m = context_target_inputs(model, context, target)
+    mapping, _, _ = target_mapping(sigma, m, len(target))
+    with torch.no_grad(), model.without_dropout():
+        logp = model.log_probs(model(ids, joint_mask(sigma, m), mapping))[0]
+    return bool((logp.argmax(-1) == torch.tensor(target, device=model.device)).all())
+
+
+def masked_block_scores(model, context: list[int], target: list[int]) -> tuple[float, bool]:
+    """``(log p(target | context), greedy_match)`` of one context + target block (sorted order)."""
+    return joint_logp(model, context, target), greedy_match(model, context, target)
 
 
 def truncate_left(context: list[int], target_len: int, max_length: int) -> list[int]:
@@ -151,37 +158,40 @@ def lambada_inputs(item: dict, encode, mask_id: int, max_length: int) -> dict:
     return {"context": context, "target": target, "ids": context + [mask_id] * len(target)}
 
 
-def sample_target(model, tokenizer, inputs: dict, k: int, generator) -> tuple[str, int]:
-    """``(text, nfe)``: the masked target sampled with ASSD at T = 1, decoded as it reads in context."""
+def sample_targets(model, tokenizer, inputs: list[dict], seeds: list[int], sampling) -> list[tuple[str, int]]:
+    """``(text, nfe)`` per passage: the masked targets sampled in ONE batched call (``sampling``: ASSD
+    at T = 1 by default), each from a generator seeded with its passage's seed, decoded as it reads in context."""
     import torch
 
-    from ..orders import infill_order
-    from ..sampling import sample
-    from ..tokenizer import decode_text
-    from ..tokenizer import opens_segment
+    from ..tokenizer import decode_text, opens_segment
+    from .batching import Row, sample_rows
 
-    ids = torch.tensor([inputs["ids"]], device=model.device)
-    sigma, m = infill_order(ids, model.mask_token_id)
-    out = sample(model, ids, sigma, m, method="assd", k=k, temperature=1.0, generator=generator)
-    start = len(inputs["context"])
-    text = decode_text(out.sequences[0, start:].tolist(), tokenizer, False,
-                       starts_segment=opens_segment(inputs["context"], tokenizer))
-    return text, int(out.nfe[0])
+    rows = [Row(x["ids"], list(range(len(x["ids"]))), len(x["context"]),
+                torch.Generator(device=model.device).manual_seed(seed)) for x, seed in zip(inputs, seeds)]
+    done, _ = sample_rows(model, rows, sampling)
+    return [(decode_text(c.sequence[len(x["context"]):], tokenizer, False,
+                         starts_segment=opens_segment(x["context"], tokenizer)), c.nfe) for x, c in zip(inputs, done)]
+
+
+def score_lambadas(units: list, seeds: list[int], model, tokenizer, cfg: dict) -> list[list[dict]]:
+    """Sampled and greedy exact match and ``log p(target | context)`` of every passage of a batch."""
+    from ..tokenizer import make_encoder
+
+    encode, items = make_encoder(tokenizer, False), [u.payload for u in units]
+    inputs = [lambada_inputs(it, encode, model.mask_token_id, cfg["max_length"]) for it in items]
+    sampled = sample_targets(model, tokenizer, inputs, seeds, cfg["sampling"])
+    out = []
+    for item, x, (text, nfe) in zip(items, inputs, sampled):
+        logp, greedy = masked_block_scores(model, x["context"], x["target"])
+        out.append([{"id": item["id"], "target": item["target"], "sampled": text,
+                     "correct_sampled": text.strip() == item["target"].strip(), "correct_greedy": greedy,
+                     "logp": logp, "target_tokens": len(x["target"]), "nfe": nfe}])
+    return out
 
 
 def score_lambada(item: dict, seed: int, model, tokenizer, cfg: dict) -> dict:
-    """Sampled and greedy exact match and ``log p(target | context)`` of one passage."""
-    import torch
-
-    from ..tokenizer import make_encoder
-
-    inputs = lambada_inputs(item, make_encoder(tokenizer, False), model.mask_token_id, cfg["max_length"])
-    logp, greedy = masked_block_scores(model, inputs["context"], inputs["target"])
-    g = torch.Generator(device=model.device).manual_seed(seed)
-    sampled, nfe = sample_target(model, tokenizer, inputs, cfg["k"], g)
-    return {"id": item["id"], "target": item["target"], "sampled": sampled,
-            "correct_sampled": sampled.strip() == item["target"].strip(), "correct_greedy": greedy,
-            "logp": logp, "target_tokens": len(inputs["target"]), "nfe": nfe}
+    """``score_lambadas`` of one passage."""
+    return score_lambadas([Unit(item["id"], item)], [seed], model, tokenizer, cfg)[0][0]
 
 
 def score_hellaswag(item: dict, seed: int, model, tokenizer, cfg: dict) -> dict:
@@ -202,19 +212,20 @@ def score_hellaswag(item: dict, seed: int, model, tokenizer, cfg: dict) -> dict:
 def run(args) -> int:
     from ..loading import load_model_and_tokenizer
 
-    apply_protocol(args, {"k": "infill_k"})  # first: config.json records the resolved values
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
+    # first, before anything is loaded or written: a bad sampler option fails here, naming it
+    sampling = sampling_config(args, infill=True, method=None)
+    apply_protocol(args)  # config.json records the resolved values
     source = args.data or DEFAULT_DATA[args.task]
     items = load_lambada(source) if args.task == "lambada" else load_hellaswag(source)
     units = [Unit(it["id"], it) for it in items]
-    scorer = score_lambada if args.task == "lambada" else score_hellaswag
-    cfg = {"k": args.k, "max_length": args.max_length}
+    cfg = {"sampling": sampling, "max_length": args.max_length}
 
     def make_process():
         model, tokenizer = load_model_and_tokenizer(args)
         model = density_model(model, args.density_logits)
-        return lambda unit, seed: [scorer(unit.payload, seed, model, tokenizer, cfg)]
+        if args.task == "lambada":
+            return lambda units, seeds: score_lambadas(units, seeds, model, tokenizer, cfg)
+        return per_unit(lambda unit, seed: [score_hellaswag(unit.payload, seed, model, tokenizer, cfg)])
 
     run_evaluation("density", args, units, make_process)
     return 0
@@ -266,7 +277,8 @@ def register(sub) -> None:
     p.add_argument("--density-logits", default=None, choices=list(DENSITY_LOGITS),
                    help="banned: log-softmax without the model's banned ids; raw: only <mask> removed "
                         "(default: from --protocol)")
-    p.add_argument("--k", type=int, default=None, help="ASSD draft length of the sampled LAMBADA word "
-                   "(speed only; default: from --protocol)")
+    # the sampled LAMBADA word: ASSD at T = 1 (the paper's); k only changes the speed
+    add_sampling_arguments(p, defaults={"k": "from --protocol (asarm 5, paper 10)", "ngram_draft": "from --protocol",
+                                        "draft_only_temperature": "from --protocol"})
     add_run_arguments(p, "outputs/density")
     p.set_defaults(func=run)

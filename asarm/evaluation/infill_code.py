@@ -48,7 +48,9 @@ from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, decode_text, encode_
 from ..utils import atomic_write_text
 from .execution import check_many, official_harness_usable, validate_limits
 from .metrics import mean_se, pass_at_k
-from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
+from ..sampling import add_sampling_arguments
+from .batching import batched, throughput
+from .protocol import add_protocol_argument, apply_protocol, sampling_config
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_jsonl, require_fields
 
@@ -61,6 +63,7 @@ BENCHMARKS = {
 FIELDS = ["task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test"]
 SAMPLE_FIELDS = ("task_id", "completion")  # the official harness's samples format
 EXPORT_FILE = "official_samples.jsonl"
+SAMPLED = ("sequential", "assd", "ngram")  # the --method values that sample (the others are self-checks)
 
 
 def load_problems(source: str, tasks: list[str] | None = None) -> list[dict]:
@@ -292,60 +295,95 @@ def failure_cause(problem: dict, status: str, tokenizer, code: bool, encoding: s
     return middle_loss(problem, tokenizer, code, encoding) or f"execution: {status}"
 
 
-def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
-    """``num_samples`` completions of one task: ``[{"completion", "nfe", "num_masked", "input_tokens"}]``.
+def task_inputs(unit: Unit, tokenizer, cfg: dict) -> dict:
+    """``build_inputs`` of one task under ``cfg``'s encoding and context."""
+    max_length = cfg["max_length"] if cfg["context"] == "trim" else None
+    return build_inputs(unit.payload, tokenizer, cfg["code_whitespace"], cfg["code_encoding"], max_length)
+
+
+def task_rows(inputs: dict, seed: int, mask_id: int, cfg: dict, device) -> list:
+    """The task's ``--num-samples`` rows (``batching.Row``): the order from the task's seed, sample
+    ``i``'s generator ``row_generator(seed, i)``, whatever batch the task is in."""
+    import torch
+
+    from .batching import Row, row_generator, unit_orders
+
+    ids = torch.tensor([inputs["ids"]] * cfg["num_samples"])
+    sigma, m = unit_orders(ids, mask_id, cfg["order"] == "random", seed)
+    return [Row(inputs["ids"], sigma[i].tolist(), int(m[i]), row_generator(seed, i, device)) for i in range(len(ids))]
+
+
+def generate_batch(units: list[Unit], seeds: list[int], model, tokenizer, cfg: dict) -> list[list[dict]]:
+    """Per task, ``num_samples`` completions ``[{"completion", "nfe", "num_masked", "input_tokens", "time_s"}]``,
+    every task's rows sampled in ONE batched call (``batching.sample_rows``).
 
     ``method="oracle"`` writes the canonical middle's ids where the samples
     would go (no model): the rest of the path (inputs, decoding, stitching) is
     the one every method takes.
     """
+    from .batching import sample_rows
+
     code, n = cfg["code_whitespace"], cfg["num_samples"]
-    max_length = cfg["max_length"] if cfg["context"] == "trim" else None
-    inputs = build_inputs(unit.payload, tokenizer, code, cfg["code_encoding"], max_length)
-    start = len(inputs["prefix"])
+    inputs = [task_inputs(u, tokenizer, cfg) for u in units]
     if cfg["method"] == "oracle":
-        rows, nfes, span = [inputs["prefix"] + inputs["middle"] + inputs["suffix"]] * n, [0] * n, len(inputs["middle"])
+        filled = [([x["middle"]] * n, [0] * n, 0.0) for x in inputs]
     else:
-        import torch
-
-        from ..orders import infill_order
-        from ..sampling import sample
-
-        ids = torch.tensor([inputs["ids"]] * n, device=model.device)
-        g = torch.Generator(device=model.device).manual_seed(seed)
-        sigma, m = infill_order(ids, model.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
-        out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"],
-                     generator=g, **cfg["sampler"])
-        rows, nfes, span = out.sequences.tolist(), out.nfe.tolist(), inputs["num_masked"]
-    return [{"completion": completion_text(row[start:start + span], inputs, tokenizer, code), "nfe": int(nfe),
-             "num_masked": inputs["num_masked"], "input_tokens": len(inputs["ids"])} for row, nfe in zip(rows, nfes)]
+        rows = [task_rows(x, s, model.mask_token_id, cfg, model.device) for x, s in zip(inputs, seeds)]
+        done, seconds = sample_rows(model, [r for task in rows for r in task], cfg["sampling"])
+        filled, i = [], 0
+        for x in inputs:
+            start, part, i = len(x["prefix"]), done[i:i + n], i + n
+            filled.append(([c.sequence[start:start + x["num_masked"]] for c in part], [c.nfe for c in part],
+                           seconds / len(done)))
+    return [[{"completion": completion_text(middle, x, tokenizer, code), "nfe": int(nfe), "num_masked": x["num_masked"],
+              "input_tokens": len(x["ids"]), "time_s": seconds, "batch_size": len(units)}
+             for middle, nfe in zip(middles, nfes)] for x, (middles, nfes, seconds) in zip(inputs, filled)]
 
 
-def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bool) -> list[dict]:
-    """Generate (or take the canonical solution, or the given ``completions``), then execute: one record per sample.
+def generate(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
+    """``generate_batch`` of one task (batch 1)."""
+    return generate_batch([unit], [seed], model, tokenizer, cfg)[0]
+
+
+def given_samples(unit: Unit, cfg: dict) -> list[dict]:
+    """The samples of a task that is not generated: ``--score-samples``'s completions or the canonical solution."""
+    if cfg["method"] == "samples":  # nothing generated, so no NFE or masks to report
+        return [{"completion": c, "nfe": None, "num_masked": None, "input_tokens": None}
+                for c in unit.payload["completions"]]
+    return [{"completion": unit.payload["canonical_solution"], "nfe": 0, "num_masked": 0,
+             "input_tokens": 0}] * cfg["num_samples"]
+
+
+def process_tasks(units: list[Unit], seeds: list[int], model, tokenizer, cfg: dict, harness: bool) -> list[list[dict]]:
+    """Generate (or take the canonical solution, or the given ``completions``) for every task of a batch,
+    then execute them all: per task, one record per sample.
 
     Oracle records that fail also get ``"cause"`` (``failure_cause``).
     """
-    problem = unit.payload
-    if cfg["method"] == "samples":  # --score-samples: nothing generated, so no NFE or masks to report
-        problem = {k: v for k, v in problem.items() if k != "completions"}  # the executor gets the problem alone
-        samples = [{"completion": c, "nfe": None, "num_masked": None, "input_tokens": None}
-                   for c in unit.payload["completions"]]
-    elif cfg["method"] == "canonical":
-        samples = [{"completion": problem["canonical_solution"], "nfe": 0, "num_masked": 0,
-                    "input_tokens": 0}] * cfg["num_samples"]
+    if cfg["method"] in ("samples", "canonical"):
+        samples = [given_samples(u, cfg) for u in units]
     else:
-        samples = generate(unit, seed, model, tokenizer, cfg)
-    results = check_many([(problem, s["completion"]) for s in samples], cfg["timeout"], cfg["memory_mb"],
-                         cfg["workers"], official=harness)
-    records = [{"task_id": problem["task_id"], "sample": i, **s, "passed": r.passed, "status": r.status}
-               for i, (s, r) in enumerate(zip(samples, results))]
-    if cfg["method"] == "oracle":
-        for r in records:
-            if not r["passed"]:
-                r["cause"] = failure_cause(problem, r["status"], tokenizer, cfg["code_whitespace"],
-                                           cfg["code_encoding"])
-    return records
+        samples = generate_batch(units, seeds, model, tokenizer, cfg)
+    # the executor gets each problem alone (not --score-samples' completions)
+    problems = [{k: v for k, v in u.payload.items() if k != "completions"} for u in units]
+    results = iter(check_many([(p, s["completion"]) for p, task in zip(problems, samples) for s in task],
+                              cfg["timeout"], cfg["memory_mb"], cfg["workers"], official=harness))
+    out = []
+    for problem, task in zip(problems, samples):
+        records = [{"task_id": problem["task_id"], "sample": i, **s, "passed": r.passed, "status": r.status}
+                   for i, (s, r) in enumerate(zip(task, results))]
+        if cfg["method"] == "oracle":
+            for r in records:
+                if not r["passed"]:
+                    r["cause"] = failure_cause(problem, r["status"], tokenizer, cfg["code_whitespace"],
+                                               cfg["code_encoding"])
+        out.append(records)
+    return out
+
+
+def process_task(unit: Unit, seed: int, model, tokenizer, cfg: dict, harness: bool) -> list[dict]:
+    """``process_tasks`` of one task (batch 1)."""
+    return process_tasks([unit], [seed], model, tokenizer, cfg, harness)[0]
 
 
 def choose_harness(choice: str) -> tuple[bool, str]:
@@ -372,22 +410,24 @@ def load_tokenizer_only(args):
 def run(args) -> int:
     from ..loading import load_model_and_tokenizer
 
-    apply_protocol(args, {"k": "infill_k", "context": "code_context"})  # first: config.json records the values
+    # first, before anything is loaded or written: a bad sampler option fails here, naming it
+    method = args.method or ("assd" if not args.score_samples else None)
+    sampling = sampling_config(args, infill=True, method=method if method in SAMPLED else None)
+    apply_protocol(args, {"context": "code_context"})  # config.json records the resolved values
     source = args.data or default_data(f"human-eval-infilling/{BENCHMARKS[args.benchmark]}")
     if args.score_samples:
         units = scoring_units(args, source)
     else:
         del args.score_samples  # not a setting of a generated run: its config.json stays as before this option
-        args.method = args.method or "assd"
+        args.method = method
         units = [Unit(p["task_id"], p) for p in load_problems(source, args.tasks)]
     if args.num_samples < 1:
         raise ValueError("--num-samples must be >= 1")
     validate_limits(args.timeout, args.memory_mb)  # before any model is loaded
     official, args.harness_used = choose_harness(args.harness)
-    cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "num_samples", "max_length",
-                                         "timeout", "memory_mb", "workers", "code_whitespace", "code_encoding",
-                                         "context")}
-    cfg["sampler"] = sampler_options(args)
+    cfg = {k: getattr(args, k) for k in ("method", "order", "num_samples", "max_length", "timeout", "memory_mb",
+                                         "workers", "code_whitespace", "code_encoding", "context")}
+    cfg["sampling"] = sampling
 
     def make_process():
         model = tokenizer = None
@@ -396,7 +436,7 @@ def run(args) -> int:
         elif args.method not in ("canonical", "samples"):
             # --banned is applied there; code keeps its whitespace specials sampleable (banned_ids_for)
             model, tokenizer = load_model_and_tokenizer(args)
-        return lambda unit, seed: process_task(unit, seed, model, tokenizer, cfg, official)
+        return lambda units, seeds: process_tasks(units, seeds, model, tokenizer, cfg, official)
 
     run_evaluation("infill-code", args, units, make_process)
     return 0
@@ -441,15 +481,20 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
     results = {"num_tasks": len(by_task), "samples_per_task": n, **pass_k, "nfe_mean": nfe_mean, "nfe_se": nfe_se,
                "num_masked_mean": mean_se([r["num_masked"] for r in records])[0], "timeouts": timeouts,
                "harness": config.get("harness_used")}
+    fast = batched(records)
+    if fast:  # samples per second of sampling (execution not included), for --batch-size > 1
+        results["samples_per_s"] = throughput(records)
     causes: dict[str, int] = {}
     for r in records:
         if "cause" in r:
             causes[r["cause"]] = causes.get(r["cause"], 0) + 1
     if config.get("method") == "oracle":
         results["failures_by_cause"] = dict(sorted(causes.items(), key=lambda kv: -kv[1]))
-    table = markdown_table(["benchmark", "method", "tasks", "n"] + list(pass_k) + ["NFE", "timeouts"],
+    rate = [f"{results['samples_per_s']:.2f}" if results["samples_per_s"] else "n/a"] if fast else []
+    table = markdown_table(["benchmark", "method", "tasks", "n"] + list(pass_k) + ["NFE", "timeouts"]
+                           + (["samples/s"] if fast else []),
                            [[config.get("benchmark"), config.get("method"), len(by_task), n]
-                            + [round(v, 2) for v in pass_k.values()] + [pm(nfe_mean, nfe_se, 1), timeouts]])
+                            + [round(v, 2) for v in pass_k.values()] + [pm(nfe_mean, nfe_se, 1), timeouts] + rate])
     if causes:
         table += "\n\nOracle failures by cause:\n\n" + markdown_table(["cause", "samples"], list(causes.items()))
     if config.get("score_samples"):  # nothing was encoded or generated: the file is what was scored
@@ -479,8 +524,9 @@ def register(sub) -> None:
                         "(tokenization, decoding and stitching self-check, no model); 'canonical' runs the "
                         "reference solutions untokenized (harness self-check)")
     add_protocol_argument(p)
-    add_sampler_arguments(p)
-    p.add_argument("--k", type=int, default=None, help="draft length (default: from --protocol: 5 asarm, 10 paper)")
+    add_sampling_arguments(p, skip=("method",), defaults={"k": "from --protocol (asarm 5, paper 10)",
+                                                          "ngram_draft": "from --protocol",
+                                                          "draft_only_temperature": "from --protocol"})
     p.add_argument("--banned", default=None, choices=["specials", "mask"],
                    help="never sample any special token, or only <mask> (the paper's); the whitespace specials "
                         "stay sampleable either way (default: from --protocol)")
@@ -491,7 +537,6 @@ def register(sub) -> None:
     p.add_argument("--context", default=None, choices=["trim", "full"],
                    help="'trim' prompt and suffix to --max-length, or condition on them 'full' (the paper's; "
                         "memory grows with the input) (default: from --protocol)")
-    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--order", default="sorted", choices=["sorted", "random"], help="order of the masked positions")
     p.add_argument("--num-samples", type=int, default=1, help="samples per task, n for pass@k (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=512,

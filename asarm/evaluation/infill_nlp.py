@@ -8,8 +8,9 @@ Each story is sentences 1-4 plus its right ending (sentence 5). Two settings:
 Prompt, middle and suffix are encoded each on its own, as the paper does: the
 ``▁`` that opens each part is the space between the parts, so the ids are those
 of the whole story. The number of masked tokens is the true middle's token
-count. One unit = one (setting, story); its ``--trials`` samples are the rows
-of one batch. ``--method oracle`` writes the true middle's tokens where the
+count. One unit = one (setting, story); its ``--trials`` samples are rows of
+one batch (``--batch-size B``: B units' rows together), row ``t`` sampled from
+its own generator (``batching.row_generator(unit seed, t)``). ``--method oracle`` writes the true middle's tokens where the
 samples would go (the pipeline's self-check: ROUGE 100 unless the tokenizer's
 normaliser changed the text). The generated middle is decoded in context
 (``decode_text``), so ``prompt + generated + " " + suffix`` is the story text.
@@ -28,7 +29,9 @@ import argparse
 from pathlib import Path
 
 from .metrics import ROUGE_AGGREGATES, ROUGE_TYPES, mean_se, rouge_bootstrap, rouge_scores
-from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
+from ..sampling import add_sampling_arguments
+from .batching import batched, throughput
+from .protocol import add_protocol_argument, apply_protocol, sampling_config, sampling_value
 from .runner import Unit, add_run_arguments, markdown_table, pm, run_evaluation
 from .sources import default_data, load_rows, read_csv, require_fields
 
@@ -80,52 +83,75 @@ def encode_story(prompt: str, middle: str, suffix: str, encode, mask_id: int, ma
     return {"prefix": p, "middle": m, "suffix": s, "ids": p + [mask_id] * len(m) + s}
 
 
-def fill_middles(ids, sigma, m, enc: dict, model, cfg: dict, generator):
-    """``(sequences (B, N) list, nfe list)``: the masked block sampled by ``cfg["method"]``,
-    or for ``oracle`` the true middle written in place of the samples (no network call)."""
+def story_inputs(unit: Unit, tokenizer, cfg: dict) -> dict:
+    """The encoded (setting, story) of one unit: ``encode_story``'s dict plus its three texts."""
+    from ..tokenizer import make_encoder
+
+    prompt, middle, suffix = split_story(unit.payload["story"]["sentences"], unit.payload["setting"])
+    enc = encode_story(prompt, middle, suffix, make_encoder(tokenizer, False), tokenizer.mask_token_id,
+                       cfg["max_length"])
+    return {**enc, "prompt": prompt, "middle_text": middle, "suffix_text": suffix}
+
+
+def story_rows(enc: dict, seed: int, mask_id: int, cfg: dict, device) -> list:
+    """The unit's ``--trials`` rows (``batching.Row``): its order from the unit's seed (``--order
+    random``), row ``t``'s generator ``row_generator(seed, t)``."""
+    import torch
+
+    from .batching import Row, row_generator, unit_orders
+
+    ids = torch.tensor([enc["ids"]] * cfg["trials"])
+    sigma, m = unit_orders(ids, mask_id, cfg["order"] == "random", seed)
+    return [Row(enc["ids"], sigma[t].tolist(), int(m[t]), row_generator(seed, t, device)) for t in range(len(ids))]
+
+
+def fill_middles(encs: list[dict], seeds: list[int], model, tokenizer, cfg: dict):
+    """Per unit, ``(sequences, nfes, seconds per sample)``: every unit's rows sampled in ONE batched call
+    (``cfg["sampling"]``), or for ``oracle`` the true middle written in place of the samples (no model)."""
+    from .batching import sample_rows
+
     if cfg["method"] == "oracle":
-        start, n = len(enc["prefix"]), len(enc["middle"])
-        rows = ids.clone()
-        rows[:, start:start + n] = rows.new_tensor(enc["middle"])
-        return rows.tolist(), [0] * rows.shape[0]
-    from ..sampling import sample
+        return [([e["prefix"] + e["middle"] + e["suffix"]] * cfg["trials"], [0] * cfg["trials"], 0.0) for e in encs]
+    rows = [story_rows(e, s, tokenizer.mask_token_id, cfg, model.device) for e, s in zip(encs, seeds)]
+    done, seconds = sample_rows(model, [r for unit_rows in rows for r in unit_rows], cfg["sampling"])
+    per_sample, out, i = seconds / len(done), [], 0
+    for unit_rows in rows:
+        part, i = done[i:i + len(unit_rows)], i + len(unit_rows)
+        out.append(([c.sequence for c in part], [c.nfe for c in part], per_sample))
+    return out
 
-    out = sample(model, ids, sigma, m, method=cfg["method"], k=cfg["k"], temperature=cfg["temperature"],
-                 generator=generator, **cfg["sampler"])
-    return out.sequences.tolist(), out.nfe.tolist()
 
-
-def process_story(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
-    """``--trials`` infills of one (setting, story), each scored with ROUGE against the true middle.
+def process_stories(units: list[Unit], seeds: list[int], model, tokenizer, cfg: dict) -> list[list[dict]]:
+    """``--trials`` infills of each (setting, story) of a batch, each scored with ROUGE against the true
+    middle; one records list per unit, the same whatever the batch (``fill_middles``).
 
     ``model`` may be ``None`` for ``--method oracle``. Each record's ``generated``
     is the middle as it reads in context (with the space that joins it to the
     prompt); rouge-score's tokenizer ignores that space.
     """
-    import torch
+    from ..tokenizer import decode_text, opens_segment
 
-    from ..orders import infill_order
-    from ..tokenizer import decode_text, make_encoder, opens_segment
+    encs = [story_inputs(u, tokenizer, cfg) for u in units]
+    filled = fill_middles(encs, seeds, model, tokenizer, cfg)
+    out = []
+    for unit, enc, (sequences, nfes, seconds) in zip(units, encs, filled):
+        start, n, first = len(enc["prefix"]), len(enc["middle"]), opens_segment(enc["prefix"], tokenizer)
+        records = []
+        for t, (row, nfe) in enumerate(zip(sequences, nfes)):
+            # specials kept as text (the paper's decode); under --banned specials none is ever sampled
+            generated = decode_text(row[start:start + n], tokenizer, False, starts_segment=first)
+            records.append({"id": unit.payload["story"]["id"], "setting": unit.payload["setting"], "trial": t,
+                            "prompt": enc["prompt"], "suffix": enc["suffix_text"], "reference": enc["middle_text"],
+                            "generated": generated, "nfe": nfe, "num_masked": n, "time_s": seconds,
+                            "batch_size": len(units),
+                            **score_fields(rouge_scores(generated, enc["middle_text"], cfg["rouge_stemmer"]))})
+        out.append(records)
+    return out
 
-    setting, story = unit.payload["setting"], unit.payload["story"]
-    prompt, middle, suffix = split_story(story["sentences"], setting)
-    enc = encode_story(prompt, middle, suffix, make_encoder(tokenizer, False), tokenizer.mask_token_id,
-                       cfg["max_length"])
-    device = model.device if model is not None else "cpu"
-    ids = torch.tensor([enc["ids"]] * cfg["trials"], device=device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    sigma, m = infill_order(ids, tokenizer.mask_token_id, shuffle=cfg["order"] == "random", generator=g)
-    sequences, nfes = fill_middles(ids, sigma, m, enc, model, cfg, g)
-    start, n, first = len(enc["prefix"]), len(enc["middle"]), opens_segment(enc["prefix"], tokenizer)
-    records = []
-    for t, (row, nfe) in enumerate(zip(sequences, nfes)):
-        # specials kept as text (the paper's decode); under --banned specials none is ever sampled
-        generated = decode_text(row[start:start + n], tokenizer, False, starts_segment=first)
-        scores = rouge_scores(generated, middle, cfg["rouge_stemmer"])
-        records.append({"id": story["id"], "setting": setting, "trial": t, "prompt": prompt, "suffix": suffix,
-                        "reference": middle, "generated": generated, "nfe": nfe, "num_masked": n,
-                        **score_fields(scores)})
-    return records
+
+def process_story(unit: Unit, seed: int, model, tokenizer, cfg: dict) -> list[dict]:
+    """``process_stories`` of one unit (batch 1)."""
+    return process_stories([unit], [seed], model, tokenizer, cfg)[0]
 
 
 def score_fields(scores: dict[str, tuple[float, float, float]]) -> dict[str, float]:
@@ -145,19 +171,19 @@ def record_scores(record: dict) -> dict[str, tuple[float, float, float]]:
 def run(args) -> int:
     from ..loading import load_model_and_tokenizer
 
-    apply_protocol(args, {"k": "infill_k"})  # first: config.json records the resolved values
+    # first, before anything is loaded or written: a bad sampler option fails here, naming it
+    sampling = sampling_config(args, infill=True, method=args.method if args.method != "oracle" else None)
+    apply_protocol(args)  # config.json records the resolved values
     if args.trials < 1:
         raise ValueError("--trials must be >= 1")
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
     stories = load_stories(args.data)
     units = build_units(stories, args.settings)
-    cfg = {k: getattr(args, k) for k in ("method", "k", "temperature", "order", "trials", "max_length", "rouge_stemmer")}
-    cfg["sampler"] = sampler_options(args)
+    cfg = {k: getattr(args, k) for k in ("method", "order", "trials", "max_length", "rouge_stemmer")}
+    cfg["sampling"] = sampling
 
     def make_process():
         model, tokenizer = load_model_and_tokenizer(args)
-        return lambda unit, seed: process_story(unit, seed, model, tokenizer, cfg)
+        return lambda units, seeds: process_stories(units, seeds, model, tokenizer, cfg)
 
     run_evaluation("infill-nlp", args, units, make_process)
     return 0
@@ -179,6 +205,8 @@ def summarize_setting(records: list[dict], seed: int) -> dict:
         out[f"{k}_bootstrap"] = boot[k]["mid"]
         out[f"{k}_bootstrap_low"], out[f"{k}_bootstrap_high"] = boot[k]["low"], boot[k]["high"]
     out["num_masked_mean"] = mean_se([r["num_masked"] for r in records])[0]
+    if batched(records):  # samples per second of sampling (no ROUGE), for --batch-size > 1
+        out["samples_per_s"] = throughput(records)
     return out
 
 
@@ -198,20 +226,25 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
     headline = config.get("rouge") or "mean"
     other = next(a for a in ROUGE_AGGREGATES if a != headline)
     seed = int(config.get("seed") or 0)
-    results, rows = {}, []
+    results, rows, fast = {}, [], batched(records)
     for setting in dict.fromkeys(r["setting"] for r in records):
         stats = summarize_setting([r for r in records if r["setting"] == setting], seed)
         stats.update({"rouge_aggregate": headline, **{k: stats[f"{k}_{headline}"] for k in ROUGE_KEYS}})
         results[setting] = stats
         rows.append([setting, stats["n"]] + [rouge_cell(stats, k, headline) for k in ROUGE_KEYS]
-                    + [rouge_cell(stats, "rouge_mean", other), pm(stats["nfe_mean"], stats["nfe_se"])])
+                    + [rouge_cell(stats, "rouge_mean", other), pm(stats["nfe_mean"], stats["nfe_se"])]
+                    + ([_rate(stats["samples_per_s"])] if fast else []))
     names = {"mean": "mean +- SE", "bootstrap": "bootstrap mid"}
     table = markdown_table(["setting", "samples", "ROUGE-1", "ROUGE-2", "ROUGE-L", f"ROUGE avg ({names[headline]})",
-                            f"ROUGE avg ({names[other]})", "NFE"], rows)
+                            f"ROUGE avg ({names[other]})", "NFE"] + (["samples/s"] if fast else []), rows)
     stem = "with" if config.get("rouge_stemmer") else "without"
     return results, (f"ROCStories infilling, model {config.get('model')} ({config.get('revision')}), "
-                     f"method {config.get('method')}, k {config.get('k')}, {config.get('trials')} trials per story; "
+                     f"method {config.get('method')}, k {sampling_value(config, 'k')}, {config.get('trials')} trials per story; "
                      f"ROUGE F1 x 100 {stem} stemmer, headline aggregate: {names[headline]}\n\n{table}")
+
+
+def _rate(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def register(sub) -> None:
@@ -222,17 +255,17 @@ def register(sub) -> None:
                                    "against the true middle (paper, sec. 6).")
     add_model_arguments(p)
     add_protocol_argument(p)
-    add_sampler_arguments(p)
+    add_sampling_arguments(p, skip=("method",), defaults={"k": "from --protocol (asarm 5, paper 10)",
+                                                          "ngram_draft": "from --protocol",
+                                                          "draft_only_temperature": "from --protocol"})
     p.add_argument("--data", default=default_data("rocstories/cloze_test_val__spring2016.csv"),
                    help="ROCStories cloze CSV or hf:... (default: %(default)s)")
     p.add_argument("--settings", nargs="+", default=["middle", "long"], choices=list(SETTINGS),
                    help="middle: infill sentence 3 given 1-2 and 4-5; long: infill 2-4 given 1 and 5")
     p.add_argument("--method", default="assd", choices=list(METHODS),
                    help="sampler; 'oracle' writes the true middle instead (pipeline self-check: ROUGE 100)")
-    p.add_argument("--k", type=int, default=None, help="ASSD / n-gram draft length (default: from --protocol)")
     p.add_argument("--banned", default=None, choices=["specials", "mask"],
                    help="ids never sampled: every special, or only <mask> (default: from --protocol)")
-    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--order", default="sorted", choices=["sorted", "random"])
     p.add_argument("--trials", type=int, default=5, help="samples per story (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=512)

@@ -65,7 +65,9 @@ def perplexity_from_nll(mean_nll: float) -> float:
 
 def judge_input_ids(text: str, tokenizer, max_tokens: int) -> list[int]:
     """The judge's ids for ``text``: BOS first when the tokenizer has one, cut to ``max_tokens``."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    from ..tokenizer import encode_plain
+
+    ids = encode_plain(tokenizer, text)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None:
         ids = [bos] + ids

@@ -106,35 +106,52 @@ def apply_protocol(args: argparse.Namespace, mapping: dict[str, str] | None = No
     return protocol
 
 
-SAMPLER_OPTIONS = ("temperature_mode", "ngram_draft", "draft_only_temperature")
+def sampling_defaults(protocol: Protocol, infill: bool) -> dict:
+    """The ``SamplingConfig`` defaults a protocol sets (``SamplingConfig.from_args(args, **these)``):
+    ``ngram_draft`` and ``draft_only_temperature``, and ``k = infill_k`` for the infilling evaluations
+    and the sampled LAMBADA word (``infill``); speculative decoding keeps ``SamplingConfig``'s ``k``."""
+    values = {"ngram_draft": protocol.ngram_draft, "draft_only_temperature": protocol.draft_only_temperature}
+    return values | ({"k": protocol.infill_k} if infill else {})
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
-    """The sampler variants every evaluation shares; the protocol fills ``--ngram-draft`` and
-    ``--draft-only-temperature`` when left unset (``sampler_options`` turns them into ``sample`` kwargs)."""
-    p.add_argument("--temperature-mode", default="both", choices=["both", "draft"],
-                   help="apply --temperature to draft and oracle (the tempered joint) or to the draft only "
-                        "(the T = 1 joint) (default: %(default)s)")
-    p.add_argument("--ngram-draft", default=None, choices=["bigram", "paper"],
-                   help="n-gram drafter: the context's bigram counts (asarm) or bigram, else unigram, else the "
-                        "model's own draft (the paper's) (default: from --protocol)")
-    p.add_argument("--draft-only-temperature", default=None, choices=["verify0", "paper"],
-                   help="with --temperature-mode draft: draft 0 tempered and verified (asarm) or untempered and "
-                        "always accepted (the paper's, keeps NFE <= N - m) (default: from --protocol)")
+def config_from_args(args: argparse.Namespace, **defaults):
+    """``SamplingConfig.from_args`` for a command whose ``--method`` is its own (a list of methods, or
+    self-checks such as ``oracle``): ``args.method`` is not read; ``defaults`` may set the method."""
+    from ..sampling import SamplingConfig
+
+    return SamplingConfig.from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "method"}),
+                                    **defaults)
 
 
-def sampler_options(args: argparse.Namespace) -> dict:
-    """``asarm.sample`` keyword arguments of ``add_sampler_arguments``'s options (after ``apply_protocol``)."""
-    return {name: getattr(args, name) for name in SAMPLER_OPTIONS}
+def sampling_config(args: argparse.Namespace, infill: bool, method: str | None = None):
+    """The ``SamplingConfig`` of ``add_sampling_arguments``'s options in ``args`` (given values win, then
+    ``args.protocol``'s, then the config's defaults), built before anything is loaded or written: a bad
+    value is a ``ValueError`` naming it. The options are then removed from ``args`` and the config's
+    ``to_dict()`` stored as ``args.sampling`` (config.json's ``"sampling"``); ``method``, when given, is
+    the config's method (commands that compare several methods set it per method with ``.replace``)."""
+    protocol = PROTOCOLS[getattr(args, "protocol", DEFAULT_PROTOCOL)]
+    defaults = sampling_defaults(protocol, infill) | ({"method": method} if method else {})
+    config = config_from_args(args, **defaults)
+    for name in config.to_dict():
+        if hasattr(args, name) and name not in ("method",):
+            delattr(args, name)
+    args.sampling = config.to_dict() if method else {k: v for k, v in config.to_dict().items() if k != "method"}
+    return config
+
+
+def sampling_value(config: dict, name: str, default=None):
+    """A sampler setting of a config.json / results.json ``config``: ``config["sampling"][name]``, or the
+    top-level key of files written before the ``"sampling"`` key (``config["k"]``)."""
+    sampling = config.get("sampling") or {}
+    return sampling.get(name, config.get(name, default))
 
 
 def banned_ids_for(banned: str, tokenizer, code: bool) -> list[int]:
     """The ids never sampled under ``banned`` (``specials`` | ``mask``); code keeps its whitespace specials."""
-    from ..tokenizer import code_whitespace_ids, special_ids
+    from ..tokenizer import special_ids, unban_code_whitespace
 
     mask_id, specials = special_ids(tokenizer)
     if banned not in ("specials", "mask"):
         raise ValueError(f"--banned must be 'specials' or 'mask', not {banned!r}")
     ids = specials if banned == "specials" else [mask_id]
-    allowed = set(code_whitespace_ids(tokenizer)) if code else set()
-    return sorted(i for i in ids if i not in allowed)
+    return unban_code_whitespace(ids, tokenizer) if code else sorted(ids)

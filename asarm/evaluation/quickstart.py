@@ -57,10 +57,31 @@ def heldout_text(cfg) -> str:
     return "\n\n".join(row["text"] for row in open_split(spec, "eval", cfg.eval_docs))
 
 
+def speculative_options(args, run_dir: Path, data: Path, seq_len: int) -> dict:
+    """The ``asarm speculative`` options of the quickstart's comparison (``speculative.default_args``)."""
+    options = {"model": str(run_dir / "model"), "device": "cpu", "data": str(data), "seq_len": seq_len,
+               "visible_frac": args.visible_frac, "trials": args.trials, "k": args.k, "judge": "none", "code": True,
+               "seed": args.seed, "threads": args.threads, "output_dir": str(args.output_dir_speculative),
+               "progress": args.progress}
+    return {name: value for name, value in options.items() if value is not None}  # None: the command's default
+
+
+def as_command(options: dict) -> str:
+    """The ``asarm speculative ...`` command line of ``options`` (recorded in quickstart.json)."""
+    words = ["asarm", "speculative"]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag] if value and name != "progress" else ([] if value else ["--no-" + name])
+        else:
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
 def run(args) -> int:
     import torch
 
-    from ..cli import build_parser
+    from . import speculative
 
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -68,18 +89,13 @@ def run(args) -> int:
     run_dir, cfg, train_s = train_tiny(out / "train", args.train_config, args.train_steps, args.progress)
     data = out / "heldout.txt"
     data.write_text(heldout_text(cfg), encoding="utf-8")
-    argv = ["speculative", "--model", str(run_dir / "model"), "--device", "cpu", "--data", str(data),
-            "--seq-len", str(cfg.seq_len), "--visible-frac", str(args.visible_frac), "--trials", str(args.trials),
-            "--k", str(args.k), "--judge", "none", "--code", "--seed", str(args.seed), "--threads", str(args.threads),
-            "--output-dir", str(out / "speculative")]
-    if not args.progress:
-        argv.append("--no-progress")
-    spec_args = build_parser().parse_args(argv)
-    spec_args.func(spec_args)
+    args.output_dir_speculative = out / "speculative"
+    options = speculative_options(args, run_dir, data, cfg.seq_len)
+    speculative.evaluate(speculative.default_args(**options))
     total = time.perf_counter() - t0
     summary = {"train_dir": str(run_dir), "train_steps": cfg.max_steps, "train_seconds": train_s,
                "heldout_docs": cfg.eval_docs, "speculative_dir": str(out / "speculative"),
-               "total_seconds": total, "speculative_command": "asarm " + " ".join(argv)}
+               "total_seconds": total, "speculative_command": as_command(options)}
     atomic_write_json(out / "quickstart.json", summary)
     print(f"\nquickstart: trained {cfg.max_steps} steps in {train_s:.0f} s, total {total:.0f} s; "
           f"results in {out / 'speculative'} (results.json, results.md, distributions.png)")
@@ -96,7 +112,7 @@ def register(sub) -> None:
     p.add_argument("--train-steps", type=int, default=600, help="optimizer steps (default: %(default)s)")
     p.add_argument("--trials", type=int, default=30, help="speculative-decoding trials (default: %(default)s)")
     p.add_argument("--visible-frac", type=float, default=0.05, help="(default: %(default)s)")
-    p.add_argument("--k", type=int, default=5, help="ASSD draft length (default: %(default)s)")
+    p.add_argument("--k", type=int, default=None, help="ASSD draft length (default: SamplingConfig's, 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s; 1 is fastest "
                                                          "for a tiny model)")

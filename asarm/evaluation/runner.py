@@ -25,6 +25,12 @@ Each unit draws its randomness from ``unit_seed(seed, uid)``, so its records do
 not depend on which process ran it, in which order, or after how many restarts:
 shard + merge and interrupt + resume give the same numbers as one process
 (wall-clock times aside). Shard ``i`` of ``n`` takes units ``i, i + n, ...``.
+
+``--batch-size B`` hands ``process`` B units at a time (one batched sampler call,
+``evaluation.batching``); every unit still samples from generators seeded from its
+own seed, so B changes the speed, not the records, and is a runtime setting (a
+run resumed with another B continues the same run). Units are recorded per unit,
+once their batch is done.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def summarizer(evaluation: str):
 
 # argparse options that do not change the numbers (kept in results.json under "runtime").
 RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command",
-                "debug", "func"}
+                "debug", "func", "batch_size"}
 CONFIG_FILE, RESULTS_FILE, TABLE_FILE = "config.json", "results.json", "results.md"
 
 
@@ -78,6 +84,9 @@ def add_run_arguments(p, default_output: str) -> None:
                    help="number of shards (default: $SLURM_ARRAY_TASK_COUNT or 1); merge with `asarm eval-merge`")
     p.add_argument("--overwrite", action="store_true", help="discard results already in --output-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="units decoded together in one batched sampler call; each unit keeps its own seed, so the "
+                        "per-unit results do not depend on it (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice; 1 is fastest for tiny models on busy CPUs)")
 
@@ -128,13 +137,24 @@ def prepare_output(out_dir: Path, evaluation: str, config: dict, uids: list[str]
     elif path.exists():
         old = json.loads(path.read_text())
         if json.loads(json.dumps(wanted, default=str)) != old:
-            diff = sorted(k for k in set(config) | set(old.get("config", {}))
-                          if json.loads(json.dumps(config.get(k), default=str)) != old.get("config", {}).get(k))
+            diff = changed_settings(json.loads(json.dumps(config, default=str)), old.get("config", {}))
             what = f"settings differ: {', '.join(diff)}" if diff else "the evaluation or its units differ"
             raise ValueError(f"{out_dir} already holds a different run ({what}); pass a new --output-dir, "
                              "or --overwrite to discard it")
         return
     atomic_write_json(path, wanted)
+
+
+def changed_settings(new: dict, old: dict, prefix: str = "") -> list[str]:
+    """The keys whose values differ between two configs, nested ones dotted (``sampling.k``)."""
+    out = []
+    for key in sorted(set(new) | set(old)):
+        a, b = new.get(key), old.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
 
 
 def load_records(out_dir: Path) -> dict[str, list[dict]]:
@@ -162,12 +182,26 @@ def _open_for_append(path: Path):
     return open(path, "a", encoding="utf-8")
 
 
-def run_units(out_dir: Path, units: list[Unit], make_process: Callable[[], Callable], seed: int,
-              shard: int, num_shards: int, progress: bool = True, desc: str = "eval") -> int:
-    """Process this shard's unfinished units, appending each one's records as it finishes.
+def per_unit(process: Callable) -> Callable:
+    """A batch processor (``(units, seeds) -> [records per unit]``) of a ``process(unit, seed) -> records``."""
+    return lambda units, seeds: [process(u, s) for u, s in zip(units, seeds)]
 
-    ``make_process()`` (model loading) is called only if something is left to do.
-    Returns the number of units processed now.
+
+def batches(items: list, size: int) -> list[list]:
+    """``items`` cut into consecutive lists of ``size`` (the last one shorter)."""
+    if size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {size}")
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run_units(out_dir: Path, units: list[Unit], make_process: Callable[[], Callable], seed: int,
+              shard: int, num_shards: int, progress: bool = True, desc: str = "eval", batch_size: int = 1) -> int:
+    """Process this shard's unfinished units, ``batch_size`` at a time, appending each unit's records
+    (one line per unit) as soon as its batch is done.
+
+    ``make_process()`` (model loading) is called only if something is left to do; it returns
+    ``process(units, seeds) -> [records of each unit]`` (``per_unit`` wraps a one-unit function).
+    Each unit gets ``unit_seed(seed, uid)`` whatever batch it lands in. Returns the number of units processed now.
     """
     from tqdm.auto import tqdm
 
@@ -177,12 +211,15 @@ def run_units(out_dir: Path, units: list[Unit], make_process: Callable[[], Calla
         return 0
     process = make_process()
     path = out_dir / f"samples.shard-{shard}-of-{num_shards}.jsonl"
-    with _open_for_append(path) as f:
-        for unit in tqdm(todo, desc=f"{desc} [shard {shard}/{num_shards}]", disable=not progress, file=sys.stderr):
-            records = process(unit, unit_seed(seed, unit.uid))
-            f.write(json.dumps({"uid": unit.uid, "records": records}, default=_json_default) + "\n")
+    with _open_for_append(path) as f, tqdm(total=len(todo), desc=f"{desc} [shard {shard}/{num_shards}]",
+                                           disable=not progress, file=sys.stderr) as bar:
+        for batch in batches(todo, batch_size):
+            results = process(batch, [unit_seed(seed, u.uid) for u in batch])
+            for unit, records in zip(batch, results, strict=True):
+                f.write(json.dumps({"uid": unit.uid, "records": records}, default=_json_default) + "\n")
             f.flush()
             os.fsync(f.fileno())
+            bar.update(len(batch))
     return len(todo)
 
 
@@ -275,9 +312,11 @@ def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Calla
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--output-dir '{out_dir}' is a file; pass a directory")
     shard_units(units, args.shard, args.num_shards)  # validate before loading anything
+    batches([], getattr(args, "batch_size", 1))
     with shard_lock(out_dir, args.shard):  # before prepare_output: --overwrite deletes files
         prepare_output(out_dir, evaluation, config, [u.uid for u in units], args.overwrite)
-        run_units(out_dir, units, make_process, args.seed, args.shard, args.num_shards, args.progress, evaluation)
+        run_units(out_dir, units, make_process, args.seed, args.shard, args.num_shards, args.progress, evaluation,
+                  getattr(args, "batch_size", 1))
         return finalize(out_dir, runtime)
 
 

@@ -52,7 +52,9 @@ from pathlib import Path
 
 from ..utils import atomic_write_json, atomic_write_text
 from .metrics import mean_se, paired_tests, unigram_entropy
-from .protocol import add_protocol_argument, add_sampler_arguments, apply_protocol, sampler_options
+from ..sampling import SamplingConfig, add_sampling_arguments
+from .batching import batched, throughput
+from .protocol import add_protocol_argument, apply_protocol, sampling_config, sampling_value
 from .runner import (CONFIG_FILE, RESULTS_FILE, Unit, _open_for_append, add_run_arguments, finalize, load_records,
                      markdown_table, pm, run_evaluation, shard_lock)
 from .sources import default_data, load_rows, read_text, require_fields
@@ -99,8 +101,10 @@ def encode_rows(rows: list[str], tokenizer, specials: bool) -> list[int]:
     kept = rows if specials else [r for r in rows if r.strip()]
     if not kept:
         return []
+    from ..tokenizer import encode_plain
+
     ids: list[int] = []
-    for row_ids in tokenizer(kept, add_special_tokens=specials)["input_ids"]:
+    for row_ids in (tokenizer(kept, add_special_tokens=True)["input_ids"] if specials else encode_plain(tokenizer, kept)):
         ids += row_ids + [eos]
     return ids
 
@@ -174,20 +178,94 @@ def judged_text(ids: list[int], tokenizer, keep_specials: bool, code: bool = Fal
 
 
 # ---------------------------------------------------------------------------- one trial
-def timed_sample(model, ids, sigma, m, **kwargs):
-    """``(SampleOutput, seconds)``; CUDA is synchronised around the call."""
+def trial_inputs(unit: Unit, seed: int, tokenizer, cfg: dict) -> dict:
+    """One trial's masked chunk: ``{"ids", "masked", "sigma", "m", "prompt"}`` (lists), its visible
+    subset drawn from a generator seeded with the trial's ``seed`` alone."""
     import torch
 
-    from ..sampling import sample
+    from ..orders import random_sorted_order
 
-    cuda = model.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(model.device)
-    t0 = time.perf_counter()
-    out = sample(model, ids, sigma, m, **kwargs)
-    if cuda:
-        torch.cuda.synchronize(model.device)
-    return out, time.perf_counter() - t0
+    ids = unit.payload["ids"]
+    n = len(ids)
+    m = num_visible_for(n, cfg["visible_frac"], cfg["visible_rule"])
+    sigma = random_sorted_order(1, n, m, generator=torch.Generator().manual_seed(seed))[0]
+    masked = torch.tensor(ids).masked_fill(sigma >= m, tokenizer.mask_token_id).tolist()
+    return {"ids": ids, "masked": masked, "sigma": sigma.tolist(), "m": m,
+            "prompt": judged_text(masked, tokenizer, True, cfg["code"])}
+
+
+def system_rows(trials: list[dict], seeds: list[int], system: int, device) -> list:
+    """The rows of system ``system`` on a batch of trials, each with the generator seeded
+    ``seed + 7919 (system + 1)`` of its trial (the same for every backend and batch)."""
+    from .batching import Row, row_generator
+
+    return [Row(t["masked"], t["sigma"], t["m"], row_generator(seed, system, device)) for t, seed in zip(trials, seeds)]
+
+
+def sample_system(system: dict, trials: list[dict], seeds: list[int], index: int, cfg: dict):
+    """Every backend's samples of one system on a batch of trials: ``(first backend's results, seconds
+    per sample per backend, agree per trial)`` (the same seed per backend: the same samples up to rounding)."""
+    from .batching import sample_rows
+
+    model, config = system["model"], cfg["sampling"].replace(method=system["method"])
+    outs, times = [], {}
+    for backend in cfg["backends"]:
+        done, seconds = sample_rows(model, system_rows(trials, seeds, index, model.device), config, backend)
+        outs.append(done)
+        times[backend] = seconds / len(trials)
+    agree = [all(o[j].sequence == outs[0][j].sequence for o in outs[1:]) for j in range(len(trials))]
+    return outs[0], times, agree
+
+
+def trial_record(unit: Unit, trial: dict, system: dict, done, times: dict, agree: bool, tokenizer, judge,
+                 cfg: dict, batch_size: int) -> dict:
+    """The record of one system's sample of one trial (``run_trials``)."""
+    import torch
+
+    model, backends = system["model"], cfg["backends"]
+    n, m, seq = len(trial["ids"]), trial["m"], done.sequence
+    text = judged_text(seq, tokenizer, cfg["judge_specials"], cfg["code"])
+    model_lp = float(model.joint_log_prob(torch.tensor([seq]), torch.tensor([trial["sigma"]]), torch.tensor([m]))[0])
+    record = {
+        "trial": unit.payload["trial"], "chunk": unit.payload["chunk"], "num_chunks": unit.payload["num_chunks"],
+        "method": system["label"], "num_visible": m, "length": n, "nfe": done.nfe,
+        "time_s": times[backends[0]], "drafted": done.drafted, "accepted": done.accepted,
+        "model_nll": -model_lp / (n - m), "prompt": trial["prompt"], "text": text, "batch_size": batch_size,
+        **score_text(text, seq, judge),
+    }
+    if len(backends) > 1:
+        record.update({time_key(b): times[b] for b in backends})
+        record["backends_agree"] = agree
+    return record
+
+
+def run_trials(units: list[Unit], seeds: list[int], systems: list[dict], tokenizer, judge, cfg: dict) -> list[list[dict]]:
+    """Every system on a batch of trials (one batched ``sample`` call per system and backend): per trial,
+    records ``{"trial", "chunk", "method", "nfe", "time_s", ...}``, the same whatever the batch.
+
+    ``cfg``: ``visible_frac``, ``visible_rule``, ``sampling`` (a ``SamplingConfig``; each system sets
+    its method), ``backends`` (the first one's sample is recorded; with several, ``time_<backend>_s``
+    each, from the same seed, and ``backends_agree``), ``judge_specials`` and ``code``. ``time_s``:
+    seconds per sample (the batch's time over its trials when ``--batch-size`` > 1).
+    """
+    trials = [trial_inputs(u, s, tokenizer, cfg) for u, s in zip(units, seeds)]
+    out = [[] for _ in units]
+    for i, system in enumerate(systems):
+        done, times, agree = sample_system(system, trials, seeds, i, cfg)
+        for j, unit in enumerate(units):
+            out[j].append(trial_record(unit, trials[j], system, done[j], times, agree[j], tokenizer, judge, cfg,
+                                       len(units)))
+    return out
+
+
+def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg: dict) -> list[dict]:
+    """``run_trials`` of one trial (batch 1)."""
+    return run_trials([unit], [seed], systems, tokenizer, judge, cfg)[0]
+
+
+def time_key(backend: str) -> str:
+    """The record field of one backend's wall-clock: ``time_plain_s``."""
+    return f"time_{backend}_s"
 
 
 def score_text(text: str, ids: list[int], judge) -> dict:
@@ -208,60 +286,6 @@ def score_text(text: str, ids: list[int], judge) -> dict:
         judge_ids = judge_ids[1:]
     return {"ppl": perplexity_from_nll(nll) if n else None, "judge_nll": nll if n else None, "judge_tokens": n,
             "entropy": unigram_entropy(judge_ids)}
-
-
-def run_trial(unit: Unit, seed: int, systems: list[dict], tokenizer, judge, cfg: dict) -> list[dict]:
-    """Every system on one trial: records ``{"trial", "chunk", "method", "nfe", "time_s", ...}``.
-
-    ``cfg``: ``visible_frac``, ``visible_rule``, ``k``, ``temperature``, ``backends``
-    (the first one's sample is recorded; with several, ``time_<backend>_s`` each,
-    from the same seed, and ``backends_agree``) and ``judge_specials``.
-    """
-    import torch
-
-    from ..orders import random_sorted_order
-
-    model0 = systems[0]["model"]
-    ids = torch.tensor([unit.payload["ids"]], device=model0.device)
-    n = ids.shape[1]
-    m = num_visible_for(n, cfg["visible_frac"], cfg["visible_rule"])
-    g = torch.Generator().manual_seed(seed)
-    sigma = random_sorted_order(1, n, m, generator=g).to(model0.device)
-    m_t = torch.tensor([m], device=model0.device)
-    masked = ids.masked_fill(sigma >= m, tokenizer.mask_token_id)
-    prompt = judged_text(masked[0].tolist(), tokenizer, True, cfg["code"])
-    backends = cfg["backends"]
-    records = []
-    for i, system in enumerate(systems):
-        model = system["model"]
-        outs, times = [], {}
-        for backend in backends:  # the same seed per backend: the same sample up to float rounding
-            gen = torch.Generator(device=model.device).manual_seed((seed + 7919 * (i + 1)) % 2**63)
-            out, times[backend] = timed_sample(model, masked, sigma, m_t, method=system["method"], k=cfg["k"],
-                                               temperature=cfg["temperature"], generator=gen, backend=backend,
-                                               **cfg["sampler"])
-            outs.append(out)
-        out = outs[0]
-        seq = out.sequences[0].tolist()
-        text = judged_text(seq, tokenizer, cfg["judge_specials"], cfg["code"])
-        model_lp = float(model.joint_log_prob(out.sequences, sigma, m_t)[0])
-        record = {
-            "trial": unit.payload["trial"], "chunk": unit.payload["chunk"], "num_chunks": unit.payload["num_chunks"],
-            "method": system["label"], "num_visible": m, "length": n, "nfe": int(out.nfe[0]),
-            "time_s": times[backends[0]], "drafted": int(out.drafted[0]), "accepted": int(out.accepted[0]),
-            "model_nll": -model_lp / (n - m), "prompt": prompt, "text": text,
-            **score_text(text, seq, judge),
-        }
-        if len(backends) > 1:
-            record.update({time_key(b): times[b] for b in backends})
-            record["backends_agree"] = all(torch.equal(o.sequences, out.sequences) for o in outs[1:])
-        records.append(record)
-    return records
-
-
-def time_key(backend: str) -> str:
-    """The record field of one backend's wall-clock: ``time_plain_s``."""
-    return f"time_{backend}_s"
 
 
 # ---------------------------------------------------------------------------- setup
@@ -433,45 +457,64 @@ def _rescore_locked(out_dir: Path, meta: dict, done: dict, judge, judge_name: st
 
 
 def run(args) -> int:
-    from ..loading import load_model_and_tokenizer
-
+    """The command: ``--rescore``, or generate (``evaluate``)."""
     if args.rescore:
         from ..utils import resolve_device
 
         return rescore(args.rescore, args.judge, resolve_device(args.device), args.progress)
     del args.rescore  # not a setting of the run: its config.json stays as before this option
-    apply_protocol(args, PROTOCOL_OPTIONS)  # first: config.json records the resolved settings
+    evaluate(args)
+    return 0
+
+
+def check_options(args) -> SamplingConfig:
+    """Every check that needs no file or model, first: the ``SamplingConfig`` (its options then leave
+    ``args``: config.json records them under ``"sampling"``), the protocol's values, backends, prompt size, judge."""
+    sampling = sampling_config(args, infill=False)
+    apply_protocol(args, PROTOCOL_OPTIONS)  # config.json records the resolved settings
     if len(set(args.backends)) != len(args.backends):
         raise ValueError(f"--backends lists a backend twice: {' '.join(args.backends)}")
     num_visible_for(args.seq_len, args.visible_frac, args.visible_rule)
     check_judge_early(args.judge)
-    loaded = {}
+    return sampling
 
-    def model_and_tokenizer():
-        if not loaded:
-            loaded["mt"] = load_model_and_tokenizer(args)
-        return loaded["mt"]
 
-    _, tokenizer = model_and_tokenizer()
+def evaluate(args) -> dict | None:
+    """Generate with every method on every trial (resumable) and summarise; returns the results
+    (``None`` while other shards are pending). ``args``: this command's options (``default_args``)."""
+    from ..loading import load_model_and_tokenizer
+
+    sampling = check_options(args)
+    model, tokenizer = load_model_and_tokenizer(args)
     chunks = load_chunks(args.data, tokenizer, args.seq_len, args.wikitext_specials, args.code)
     units = build_units(chunks, args.trials, args.reuse_chunks)
     if len(units) < args.trials:
         print(f"note: the text packs into {len(chunks)} chunks of {args.seq_len} tokens and chunks are not reused "
               f"(--no-reuse-chunks, the paper's): {len(units)} trials instead of --trials {args.trials}",
               file=sys.stderr)
-    cfg = {"visible_frac": args.visible_frac, "visible_rule": args.visible_rule, "k": args.k,
-           "sampler": sampler_options(args),
-           "temperature": args.temperature, "backends": list(args.backends), "judge_specials": args.judge_specials,
-           "code": args.code}
+    cfg = {"visible_frac": args.visible_frac, "visible_rule": args.visible_rule, "sampling": sampling,
+           "backends": list(args.backends), "judge_specials": args.judge_specials, "code": args.code}
 
     def make_process():
-        model, tok = model_and_tokenizer()
-        systems = load_systems(args, model, tok)
+        systems = load_systems(args, model, tokenizer)
         judge = load_judge_or_reason(args.judge, model.device)
-        return lambda unit, seed: run_trial(unit, seed, systems, tok, judge, cfg)
+        return lambda units, seeds: run_trials(units, seeds, systems, tokenizer, judge, cfg)
 
-    run_evaluation("speculative", args, units, make_process)
-    return 0
+    return run_evaluation("speculative", args, units, make_process)
+
+
+def default_args(**values) -> argparse.Namespace:
+    """This command's options at their defaults, with ``values`` (option names as in ``args``: ``k=7``,
+    ``visible_frac=0.1``) set, ready for ``evaluate``; an unknown name is a ``TypeError``."""
+    parser = argparse.ArgumentParser(prog="asarm")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["speculative"])
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"speculative has no option {', '.join(unknown)}")
+    for name, value in values.items():
+        setattr(args, name, value)
+    return args
 
 
 # ---------------------------------------------------------------------------- summary
@@ -507,6 +550,8 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
             row["backends_agree"] = sum(bool(r.get("backends_agree")) for r in rs)
         errors = {r.get("judge_error") for r in rs} - {None}
         row["ppl_note"] = "; ".join(sorted(errors)) or None
+        if batched(rs):  # batch 1: the time columns say it
+            row["samples_per_s"] = throughput(rs)
         per_method[lab] = row
     pairs = []
     if "sequential" in by:
@@ -533,17 +578,20 @@ def format_table(per_method: dict, tests: dict, config: dict, results: dict | No
     time_cols = [k for k in keys if k.startswith("time_")]
     header = ["method", "n", "NFE", *(metric_name(k) for k in time_cols), "gen. PPL", "entropy (bits)",
               "model NLL/token", "accept rate"]
+    fast = any("samples_per_s" in r for r in per_method.values())
+    header += ["samples/s"] if fast else []
     rows = []
     for lab, r in per_method.items():
         ppl = pm(r["ppl_mean"], r["ppl_se"]) if r["ppl_mean"] == r["ppl_mean"] else f"n/a ({r['ppl_note']})"
         acc = f"{r['acceptance_rate']:.3f}" if r["acceptance_rate"] is not None else "-"
         rows.append([lab, r["n"], pm(r["nfe_mean"], r["nfe_se"], 1),
                      *(pm(r[k + "_mean"], r[k + "_se"], 3) for k in time_cols), ppl,
-                     pm(r["entropy_mean"], r["entropy_se"], 3), pm(r["model_nll_mean"], r["model_nll_se"], 3), acc])
+                     pm(r["entropy_mean"], r["entropy_se"], 3), pm(r["model_nll_mean"], r["model_nll_se"], 3), acc]
+                    + ([f"{r['samples_per_s']:.2f}" if r.get("samples_per_s") else "n/a"] if fast else []))
     model = config.get("model")
     model = model if os.path.isdir(str(model)) else f"{model} ({config.get('revision')})"
     out = [f"Speculative decoding: model {model}, "
-           f"k={config.get('k')}, T={config.get('temperature')}, visible {config.get('visible_frac')} "
+           f"k={sampling_value(config, 'k')}, T={sampling_value(config, 'temperature')}, visible {config.get('visible_frac')} "
            f"({config.get('visible_rule')}), seq-len {config.get('seq_len')}, "
            f"rows {'with' if config.get('wikitext_specials') else 'without'} specials, "
            f"judged text {'with' if config.get('judge_specials') else 'without'} specials, "
@@ -616,7 +664,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=default_data("wikitext-2-raw/wiki.test.raw"),
                    help="text file, or hf:wikitext:wikitext-2-raw-v1@test (default: %(default)s)")
     add_protocol_argument(p)
-    add_sampler_arguments(p)
+    # one flag per SamplingConfig field; --methods and --backends list several, one config each
+    add_sampling_arguments(p, skip=("method", "backend"), defaults={"ngram_draft": "from --protocol",
+                                                                    "draft_only_temperature": "from --protocol"})
     p.add_argument("--seq-len", type=int, default=512, help="packed chunk length (default: %(default)s)")
     p.add_argument("--wikitext-specials", action=argparse.BooleanOptionalAction, default=None,
                    help="encode every row (blank ones too) with the tokenizer's specials (<sep><cls>) before its "
@@ -631,8 +681,6 @@ def register(sub) -> None:
                         "run out, as the paper (default: from --protocol)")
     p.add_argument("--methods", nargs="+", default=["sequential", "assd", "ngram"],
                    choices=["sequential", "assd", "ngram"], help="sampling methods (default: %(default)s)")
-    p.add_argument("--k", type=int, default=5, help="draft length (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
     p.add_argument("--backends", nargs="+", default=["cached"], choices=BACKENDS,
                    help="decoders that time every sample: cached K/V (fast) and/or plain recomputation (the "
                         "paper's), e.g. '--backends plain cached' for both time columns; same seed, same samples; "
