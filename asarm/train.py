@@ -63,7 +63,7 @@ import yaml
 from . import objective as obj
 from .checkpoint import (CheckpointError, CheckpointSearch, CheckpointWarning, clean_temporaries,  # noqa: F401
                          describe, find_checkpoint, latest_checkpoint, quarantine, save_checkpoint)
-from .data import (PackedStream, code_whitespace_ids, decode_text, held_out_digests, make_encoder, open_split,
+from .data import (PackedStream, decode_text, held_out_digests, make_encoder, open_split,
                    check_not_empty, resolve_dataset, stdlib_texts)
 from .train_config import (NOT_RECORDED, RESUME_MAY_CHANGE, TrainConfig, add_config_arguments,  # noqa: F401
                            check_config, check_resume_config, config_differences, config_from_arguments,
@@ -201,7 +201,7 @@ class MetricsLog:
 def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
     """``(ASARM, tokenizer)`` from a checkpoint, a hub id / directory, or a fresh config."""
     from .model import ASARM
-    from .tokenizer import special_ids
+    from .tokenizer import special_ids, unban_code_whitespace
 
     tokenizer = _load_tokenizer(cfg, ckpt, accelerator)
     if ckpt is not None:
@@ -214,7 +214,7 @@ def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
         raise ValueError(f"the tokenizer has {len(tokenizer)} ids but the model only {model.vocab_size}")
     mask_id, banned = special_ids(tokenizer)
     if spec.code:  # a code model must be able to write newlines, tabs and indentation
-        banned = sorted(set(banned) - set(code_whitespace_ids(tokenizer)))
+        banned = unban_code_whitespace(banned, tokenizer)
     return ASARM(model.xlnet, mask_id, banned), tokenizer
 
 
