@@ -29,13 +29,18 @@ def test_infill_flags_defaults_and_refusals(capsys):
     """The documented defaults, written out here: ASSD with k = 5 at T = 1 on the cached decoder, sorted order."""
     from asarm.cli import build_parser
 
+    from asarm.evaluation.protocol import config_from_args
+
     args = build_parser().parse_args(["infill", "--text", "a [MASK:2] b"])
-    assert (args.method, args.k, args.temperature, args.temperature_mode, args.backend, args.order, args.samples,
-            args.seed, args.bonus, args.ngram_draft, args.draft_only_temperature) == (
-        ["assd"], 5, 1.0, "both", "cached", "sorted", 1, 0, False, "bigram", "verify0")
+    cfg = config_from_args(args)  # what run_infill samples with: the flags left out take SamplingConfig's defaults
+    assert (args.method, cfg.k, cfg.temperature, cfg.temperature_mode, cfg.backend, args.order, args.samples,
+            args.seed, cfg.bonus, cfg.ngram_draft, cfg.draft_only_temperature, cfg.lookahead, cfg.adaptive_k) == (
+        ["assd"], 5, 1.0, "both", "cached", "sorted", 1, 0, False, "bigram", "verify0", "off", False)
     args = build_parser().parse_args(["infill", "--text", "x", "--method", "sequential", "ngram", "--k", "3",
-                                      "--temperature", "0.5", "--backend", "plain"])
-    assert (args.method, args.k, args.temperature, args.backend) == (["sequential", "ngram"], 3, 0.5, "plain")
+                                      "--temperature", "0.5", "--backend", "plain", "--lookahead", "cheap"])
+    cfg = config_from_args(args)
+    assert (args.method, cfg.k, cfg.temperature, cfg.backend, cfg.lookahead) == (["sequential", "ngram"], 3, 0.5,
+                                                                                  "plain", "cheap")
     for argv, flag in [(["--method", "beam"], "--method"), (["--k", "three"], "--k"),
                        (["--backend", "flash"], "--backend"), (["--temperature", "hot"], "--temperature")]:
         with pytest.raises(SystemExit) as exc:

@@ -60,13 +60,14 @@ def test_story_rouge_precision_is_over_the_generation_and_recall_over_the_middle
     encode, dot = make_encoder(local_tokenizer, False), local_tokenizer.convert_tokens_to_ids(".")
     assert dot != local_tokenizer.unk_token_id
 
-    def fill(ids, sigma, m, enc, model, cfg, generator):
-        part = encode("the cat sat")
-        assert len(part) < len(enc["middle"])
-        rows = ids.clone()
-        start = len(enc["prefix"])
-        rows[:, start:start + len(enc["middle"])] = rows.new_tensor(part + [dot] * (len(enc["middle"]) - len(part)))
-        return rows.tolist(), [1] * rows.shape[0]
+    def fill(encs, seeds, model, tokenizer, cfg):
+        out = []
+        for enc in encs:
+            part = encode("the cat sat")
+            assert len(part) < len(enc["middle"])
+            row = enc["prefix"] + part + [dot] * (len(enc["middle"]) - len(part)) + enc["suffix"]
+            out.append(([row] * cfg["trials"], [1] * cfg["trials"], 0.0))
+        return out
 
     monkeypatch.setattr(infill_nlp, "fill_middles", fill)
     cfg = {"method": "sequential", "trials": 1, "max_length": 10_000, "order": "sorted", "rouge_stemmer": stemmer}
