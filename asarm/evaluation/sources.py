@@ -27,7 +27,7 @@ def default_data(relative: str) -> str:
 def _missing(path: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"data file '{path}' not found. Put it there (eval_datasets/README.md says where to get it), "
-        f"set ASARM_EVAL_DATA to the folder that holds it, or pass --data PATH (or --data hf:NAME[:CONFIG][@SPLIT])")
+        f"set ASARM_EVAL_DATA to the folder that holds it, or pass --data PATH (or --data hf:NAME[:CONFIG][@SPLIT][#REVISION])")
 
 
 def read_text(path: str) -> str:
