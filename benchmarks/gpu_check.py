@@ -120,9 +120,9 @@ class TwinDecoder:
     As ``tests/test_cache.py``'s ``TwinDecoder``, plus log-probability gaps over the allowed ids.
     """
 
-    def __init__(self, model, sigma, num_visible):
+    def __init__(self, model, sigma, num_visible, candidate=CachedDecoder):
         self.model = model
-        self.plain, self.cached = PlainDecoder(model, sigma, num_visible), CachedDecoder(model, sigma, num_visible)
+        self.plain, self.cached = PlainDecoder(model, sigma, num_visible), candidate(model, sigma, num_visible)
         self.calls, self.logit_gap, self.logp_gap, self.scale = 0, 0.0, 0.0, 0.0
 
     def __call__(self, rows, x, n_known, queries):
@@ -149,11 +149,12 @@ def parity_inputs(model: ASARM, length: int, seed: int = 0):
     return torch.where(sigma < m[:, None], x, torch.full_like(x, model.mask_token_id)), sigma, m
 
 
-def parity_row(config: str, dtype_name: str, device, length: int) -> dict:
-    """Cached vs plain logits and log-probs over every call of one ASSD decode, in ``dtype_name`` weights."""
+def parity_row(config: str, dtype_name: str, device, length: int, candidate=CachedDecoder) -> dict:
+    """Cached (``candidate``, a decoder class) vs plain logits and log-probs over every call of one ASSD
+    decode, in ``dtype_name`` weights."""
     model = build_model(config, device, DTYPES[dtype_name])
     x, sigma, m = (t.to(device) for t in parity_inputs(model, length))
-    t = TwinDecoder(model, sigma, m)
+    t = TwinDecoder(model, sigma, m, candidate)
     out = asarm.sample(model, x, sigma, m, method="assd", k=5, temperature=0.5, temperature_mode="draft",
                        generator=torch.Generator().manual_seed(0), decoder=t)
     tol = TOLERANCE[dtype_name] * max(1.0, t.scale)

@@ -103,15 +103,14 @@ def test_a_cell_that_raises_is_an_error_row_and_fails_the_check(monkeypatch):
     assert gc.failed(list(rows.values())) == ["decode: one-call assd (cheap)"]
 
 
-def test_a_wrong_cache_fails_parity(monkeypatch):
+def test_a_wrong_cache_fails_parity():
     gc = load_gpu_check()
 
     class Off(CachedDecoder):
         def __call__(self, *args, **kwargs):
             return super().__call__(*args, **kwargs) + 1e-2
 
-    monkeypatch.setattr(gc, "CachedDecoder", Off)
-    row = gc.parity_row("tiny", "fp32", torch.device("cpu"), 16)
+    row = gc.parity_row("tiny", "fp32", torch.device("cpu"), 16, candidate=Off)  # injected, as any decoder
     assert row["status"] == "FAIL" and row["max_logit_diff"] == pytest.approx(1e-2, rel=1e-3)
     assert "FAIL" in gc.table([row]) and gc.failed([row]) == ["parity: fp32 cached vs plain"]
 
