@@ -25,13 +25,35 @@ def _problems(shared_data, name):
         return [json.loads(line) for line in f]
 
 
+# The two large files are checked on every 3rd task of each of the 164 problems (at least one each) to
+# keep CI near five minutes; ASARM_ALL_TASKS=1 runs every task, as `benchmarks/code_oracle.py` does through the
+# whole text pipeline (100% of the 8652 tasks under the namespaces).
+STRIDE = {"multi-line": 3, "random-span": 3}
+
+
+def _every_nth_per_problem(tasks, n):
+    """Every ``n``-th task of each HumanEval problem (task ids ``.../HumanEval/<i>/<span>``), first included."""
+    seen = {}
+    out = []
+    for t in tasks:
+        problem = t["task_id"].rsplit("/", 1)[0]
+        if seen.get(problem, 0) % n == 0:
+            out.append(t)
+        seen[problem] = seen.get(problem, 0) + 1
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_canonical_solutions_pass_every_task_under_the_isolation(shared_data, name):
-    """Every task of the four files, in parallel isolated processes (namespaces where bubblewrap works),
-    passes with its canonical middle: the isolation refuses nothing a real solution needs."""
+    """Every task of the four files (every 3rd of the two large ones unless ASARM_ALL_TASKS=1), in
+    parallel isolated processes (namespaces where bubblewrap works), passes with its canonical middle:
+    the isolation refuses nothing a real solution needs."""
     problems = _problems(shared_data, name)
     assert len(problems) == FILES[name][1]
+    if name in STRIDE and os.environ.get("ASARM_ALL_TASKS", "") != "1":
+        problems = _every_nth_per_problem(problems, STRIDE[name])
+        assert len({p["task_id"].rsplit("/", 1)[0] for p in problems}) == 164  # every problem still checked
     t0 = time.time()
     results = check_many([(p, p["canonical_solution"]) for p in problems], timeout=10.0,
                          workers=max(4, 2 * (os.cpu_count() or 1)))
