@@ -9,6 +9,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import json
 import socket
 from pathlib import Path
 
@@ -118,3 +119,58 @@ def recording_decoder(calls: list, base=None):
             return super().__call__(rows, x, n_known, queries)
 
     return Recording
+
+
+# ---------------------------------------------------------------------------- evaluation commands (test_eval_*.py)
+FAST = ["--device", "cpu", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, local_tokenizer):
+    path = tmp_path_factory.mktemp("models") / "tiny-asarm"
+    tiny_model.save_pretrained(path, tokenizer=local_tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory, local_tokenizer):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    judge = GPT2LMHeadModel(GPT2Config(vocab_size=len(local_tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    path = tmp_path_factory.mktemp("models") / "tiny-judge"
+    judge.save_pretrained(path)
+    local_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def wiki_subset(shared_data, tmp_path_factory):
+    """The first 30 lines of the real WikiText-2 test file (a temp copy, outside the repo)."""
+    lines = (shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8").splitlines()[:30]
+    path = tmp_path_factory.mktemp("data") / "wiki.small.raw"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _results(out):
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+def _samples(out):
+    rows = {}
+    for f in sorted(Path(out).glob("samples.*.jsonl")):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["uid"]] = [{k: v for k, v in r.items() if not k.startswith("time_")} for r in row["records"]]
+    return rows
+
+
+def _spec_args(model, data, out, *extra):
+    return ["speculative", "--model", str(model), "--data", str(data), "--seq-len", "24", "--trials", "4",
+            "--output-dir", str(out), *FAST, *extra]
+
+
+def _without_time(results):
+    return {m: {k: v for k, v in r.items() if not k.startswith("time")} for m, r in results["methods"].items()}

@@ -12,8 +12,7 @@ import pytest
 from asarm.cli import main
 
 # the tiny model, judge and WikiText slice (and helpers) of the command tests, shared rather than rebuilt differently
-from test_eval_commands import FAST, _results, _samples, _spec_args, _without_time
-from test_eval_commands import tiny_judge_dir, tiny_model_dir, wiki_subset  # noqa: F401 (fixtures)
+from conftest import FAST, _results, _samples, _spec_args, _without_time
 
 CODE = "human-eval-infilling"
 
