@@ -203,6 +203,13 @@ def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
     from .model import ASARM
     from .tokenizer import special_ids, unban_code_whitespace
 
+    if ckpt is None and cfg.init != "fresh":
+        # the model's small config first: a mistyped init fails naming it, not the fallback tokenizer
+        from transformers import AutoConfig
+
+        from .hub import load_or_explain
+
+        load_or_explain(AutoConfig.from_pretrained, cfg.init, cfg.revision or None, "init model")
     tokenizer = _load_tokenizer(cfg, ckpt, accelerator)
     if ckpt is not None:
         model = ASARM.from_pretrained(str(ckpt))

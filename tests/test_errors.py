@@ -331,3 +331,13 @@ def test_subprocess_errors_reach_the_user_without_traceback(tmp_path):
         assert res.returncode == 2 and phrase in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = run("--debug", "infill", "--model", "tiny", "--text", "a [MASK:0] b")
     assert res.returncode == 1 and "Traceback" in res.stderr and "asks for no token" in res.stderr
+
+
+def test_a_mistyped_init_model_is_named_before_any_tokenizer_is_built(capsys, tmp_path):
+    """``init`` names a model that is not there: the error names it (the model is checked first), and
+    the run directory gets no tokenizer built for a model that cannot load."""
+    missing = tmp_path / "no-such-model"
+    run = tmp_path / "run"
+    assert_clear(*run_main(capsys, "train", "--config", "configs/tiny_cpu.yaml", "--init", str(missing),
+                           "--tokenizer", "local", "--output_dir", str(run)), str(missing))
+    assert not (run / "tokenizer").exists()
