@@ -143,6 +143,7 @@ def run_infill(args) -> int:
     from .sampling import sample
 
     config = config_from_args(args)  # first: a bad --k or --temperature fails before anything loads
+    configs = {m: config.for_method(m) for m in args.method}
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
     text = read_infill_text(args)
@@ -157,7 +158,7 @@ def run_infill(args) -> int:
         gen.manual_seed(args.seed)
         synchronize(model.device)
         t0 = time.perf_counter()
-        out = sample(model, ids, sigma, m, config.replace(method=method), generator=gen)
+        out = sample(model, ids, sigma, m, configs[method], generator=gen)
         synchronize(model.device)
         dt = time.perf_counter() - t0
         for row in range(args.samples):

@@ -188,6 +188,11 @@ class SamplingConfig:
     def replace(self, **changes) -> "SamplingConfig":
         return replace(self, **changes)
 
+    def for_method(self, method: str) -> "SamplingConfig":
+        """This config with ``method``, for commands that compare several: the ASSD-only ``lookahead``
+        is off for the other methods (as ``bonus`` and ``draft_only_temperature`` are ignored by them)."""
+        return replace(self, method=method, lookahead=self.lookahead if method == "assd" else "off")
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, **defaults) -> "SamplingConfig":
         """The config of ``add_sampling_arguments``'s options: a value given on the command line wins,

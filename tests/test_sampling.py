@@ -197,3 +197,12 @@ def test_one_call_rounds_make_one_call_per_round(tiny_model, lookahead):
     draft_calls = sum(1 for n_known, ranks in calls for nk, rk in zip(n_known, ranks) if min(rk) >= nk)
     assert draft_calls == len(x)  # one per row: its first round
     assert out.nfe.sum() < two_call.nfe.sum()
+
+
+def test_for_method_keeps_lookahead_for_assd_only():
+    from asarm.sampling import SamplingConfig
+
+    cfg = SamplingConfig(k=3, lookahead="cheap", bonus=True)
+    assert cfg.for_method("assd") == cfg
+    assert cfg.for_method("sequential").lookahead == "off" and cfg.for_method("ngram").method == "ngram"
+    assert cfg.for_method("ngram").k == 3 and cfg.for_method("ngram").bonus

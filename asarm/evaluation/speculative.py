@@ -207,7 +207,7 @@ def sample_system(system: dict, trials: list[dict], seeds: list[int], index: int
     per sample per backend, agree per trial)`` (the same seed per backend: the same samples up to rounding)."""
     from .batching import sample_rows
 
-    model, config = system["model"], cfg["sampling"].replace(method=system["method"])
+    model, config = system["model"], cfg["sampling"].for_method(system["method"])
     outs, times = [], {}
     for backend in cfg["backends"]:
         done, seconds = sample_rows(model, system_rows(trials, seeds, index, model.device), config, backend)
@@ -471,6 +471,8 @@ def check_options(args) -> SamplingConfig:
     """Every check that needs no file or model, first: the ``SamplingConfig`` (its options then leave
     ``args``: config.json records them under ``"sampling"``), the protocol's values, backends, prompt size, judge."""
     sampling = sampling_config(args, infill=False)
+    for method in {*args.methods, *getattr(args, "baseline_methods", [])}:
+        sampling.for_method(method)  # every compared method's config is valid too
     apply_protocol(args, PROTOCOL_OPTIONS)  # config.json records the resolved settings
     if len(set(args.backends)) != len(args.backends):
         raise ValueError(f"--backends lists a backend twice: {' '.join(args.backends)}")
