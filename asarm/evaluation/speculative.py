@@ -467,6 +467,18 @@ def run(args) -> int:
     return 0
 
 
+def sampler_variants(config: dict) -> str:
+    """``", lookahead full, adaptive k, ..."``: the sampler settings of a run that are not the defaults
+    (the table's title names them; ``k`` and ``T`` are always named)."""
+    from ..sampling import SamplingConfig
+
+    default = SamplingConfig().to_dict()
+    changed = [(name, sampling_value(config, name)) for name in ("lookahead", "adaptive_k", "bonus", "r_atol",
+                                                                  "temperature_mode", "ngram_draft")]
+    return "".join(f", {name.replace('_', ' ')} {value}" for name, value in changed
+                   if value is not None and value != default[name])
+
+
 def check_options(args) -> SamplingConfig:
     """Every check that needs no file or model, first: the ``SamplingConfig`` (its options then leave
     ``args``: config.json records them under ``"sampling"``), the protocol's values, backends, prompt size, judge."""
@@ -597,7 +609,7 @@ def format_table(per_method: dict, tests: dict, config: dict, results: dict | No
            f"({config.get('visible_rule')}), seq-len {config.get('seq_len')}, "
            f"rows {'with' if config.get('wikitext_specials') else 'without'} specials, "
            f"judged text {'with' if config.get('judge_specials') else 'without'} specials, "
-           f"banned {config.get('banned')}", "", markdown_table(header, rows)]
+           f"banned {config.get('banned')}{sampler_variants(config)}", "", markdown_table(header, rows)]
     results = results or {}
     if results.get("num_trials") is not None and results["num_trials"] < (config.get("trials") or 0):
         out += ["", f"{results['num_trials']} trials, not --trials {config['trials']}: the text packs into "
