@@ -40,8 +40,9 @@ class Queries:
 
     Attributes:
         rank: ``(R, K)`` long, the rank each slot predicts.
-        limit: ``(R, K)`` long, each slot conditions on the ``limit`` lowest ranks
-            (``<= n_known`` of its row); see ``visible_ranks`` for queries at known ranks.
+        limit: ``(R, K)`` long, each slot conditions on the ``limit`` lowest ranks, with
+            ``m <= limit <= n_known`` of its row (the prompt is always known; a larger limit is
+            read as ``n_known``); see ``visible_ranks`` for queries at known ranks.
         valid: ``(R, K)`` bool; invalid slots are padding (their logits are meaningless).
     """
 
@@ -62,6 +63,11 @@ class Queries:
     @property
     def shape(self):
         return self.rank.shape
+
+    def cat(self, other: "Queries") -> "Queries":
+        """These slots, then ``other``'s (same rows)."""
+        return Queries(*(torch.cat([a, b], 1) for a, b in ((self.rank, other.rank), (self.limit, other.limit),
+                                                          (self.valid, other.valid))))
 
 
 def _span_ranks(start, count, num_slots):
@@ -96,20 +102,30 @@ class PlainDecoder:
     def __call__(self, rows, x, n_known, queries: Queries) -> torch.Tensor:
         sigma, m = self.sigma[rows], self.num_visible[rows]
         positions = order_to_pos(sigma).gather(1, queries.rank.clamp(0, sigma.shape[1] - 1))
-        limit = torch.where(queries.valid, queries.limit, n_known[:, None])
+        limit = torch.minimum(queries.limit, n_known[:, None])
         out = torch.zeros(*queries.shape, self.model.vocab_size, device=x.device)
         todo = queries.valid.clone()
         with self.model.without_dropout():
             while todo.any():
-                # the smallest limit still to answer in each row: one pass answers all its queries
-                lim = torch.where(todo, limit, torch.iinfo(limit.dtype).max).min(1).values
-                part = todo & (limit == lim[:, None])
+                part = self._next_pass(todo, limit, positions)
+                lim = torch.where(part, limit, 0).amax(1)
                 r = part.any(1).nonzero().squeeze(-1)
                 mapping = torch.nn.functional.one_hot(positions[r], sigma.shape[1]).float() * part[r, :, None]
                 logits = self.model(x[r], step_mask(sigma[r], m[r], lim[r]), mapping)
                 out[r] = torch.where(part[r, :, None], logits.float(), out[r])
                 todo &= ~part
         return out
+
+    @staticmethod
+    def _next_pass(todo, limit, positions):
+        """The slots one forward pass answers: per row, the smallest limit still to do, and at most one
+        slot per position (XLNet's ``target_mapping`` would sum two queries of one position)."""
+        lim = torch.where(todo, limit, torch.iinfo(limit.dtype).max).min(1).values
+        cand = todo & (limit == lim[:, None])
+        K = cand.shape[1]
+        earlier = torch.ones(K, K, dtype=torch.bool, device=cand.device).tril(-1)  # [i, j]: j < i
+        same = (positions[:, :, None] == positions[:, None, :]) & cand[:, None, :] & earlier
+        return cand & ~same.any(-1)
 
 
 DecoderFactory = Callable[[object, torch.Tensor, torch.Tensor], Decoder]

@@ -19,7 +19,8 @@ only in cost and acceptance:
   distributions, so a round costs one call. ``full`` asks, for every possible
   number ``a`` of accepted drafts, for the ranks ``n+a+1 .. n+a+k``
   conditioned on the ranks ``< n+a`` (``k (k + 1)`` extra queries); ``cheap``
-  conditions all of them on the ranks ``< n`` (``2k`` extra queries). After
+  conditions all of them on the ranks ``< n`` (``K + k`` extra queries for ``K``
+  drafts, at most ``2k``). After
   verification the set of the realised ``a`` is used. The first round of a
   row is a self draft.
 
@@ -159,6 +160,12 @@ def _draft_round(tokens, known, order, start: int, k: int, u, rule) -> tuple[lis
     return drafts, dists
 
 
+def next_draft_length(k, drafted, accepted, k_max: int):
+    """Adaptive draft length: ``k + 1`` after a round that kept all its drafts, else ``accepted + 1``,
+    within ``[1, k_max]``. A function of the row's past only, so it keeps sampling exact. Shapes ``(R,)``."""
+    return torch.where(accepted >= drafted, k + 1, accepted + 1).clamp(1, k_max)
+
+
 # ---------------------------------------------------------------------------- the drafter classes
 @dataclass
 class Draft:
@@ -218,8 +225,8 @@ class Drafter:
         """Extra queries for the oracle call that verifies ``draft`` (``None``: none)."""
         return None
 
-    def receive(self, run, rows, n, accepted, logits) -> None:
-        """The extra queries' logits, after the round (``n``: ranks known before it)."""
+    def receive(self, run, rows, draft: Draft, accepted, logits) -> None:
+        """The extra queries' logits, after the round verified ``draft`` and kept ``accepted`` of it."""
 
 
 class NoDrafter(Drafter):
@@ -353,22 +360,26 @@ class LookaheadDrafter(Drafter):
         return merge_drafts(parts, len(rows), run.vocab, rows.device)
 
     def lookahead_queries(self, run, rows, draft):
-        """The next round's draft queries for every outcome ``a``, flattened to ``(R, A * k)`` slots."""
+        """The next round's draft queries for every outcome ``a``, flattened to ``(R, A * k)`` slots, for
+        the longest next round the draft length allows (``k``, or ``k_row + 1`` with ``adaptive_k``)."""
         n, end = run.n[rows], run.end[rows]
-        self._next_k = run.k_row[rows].clone()  # the next round's length, fixed before the call
+        longest = (run.k_row[rows] + 1).clamp(max=run.k) if self.config.adaptive_k else run.k_row[rows]
         rank, limit = self.layout(n, draft.tokens.shape[1], run.k)
-        valid = self.usable(rank, draft.count, self._next_k) & (rank < end[:, None, None])
+        valid = self.usable(rank, draft.count, longest) & (rank < end[:, None, None])
         return Queries(rank.flatten(1), limit.flatten(1), valid.flatten(1))
 
-    def receive(self, run, rows, n, accepted, logits):
-        """Draw the next round's drafts from the queries of the realised outcome ``accepted``."""
-        kmax = run.k
-        slots = self.slots(accepted, kmax)  # (R, kmax): the slot of each next draft
+    def receive(self, run, rows, draft, accepted, logits):
+        """Draw the next round's drafts from the queries of the realised outcome ``accepted``; the round
+        is as long as the draft length the row has now (``next_draft_length`` with ``adaptive_k``)."""
+        slots = self.slots(accepted, run.k)  # (R, k): the slot of each next draft
         chosen = logits.gather(1, slots[..., None].expand(-1, -1, logits.shape[-1]))
         q = probs_from_logits(chosen, run.temps[1], run.banned)
         tokens = sample_from_probs(q, run.rand(rows))
+        k_next = run.k_row[rows]
+        if self.config.adaptive_k:  # the length speculative_round is about to set, known now
+            k_next = next_draft_length(k_next, draft.count, accepted, run.k)
         at = run.n[rows]  # after the corrected / bonus token; a finished row drafts nothing
-        count = torch.minimum(self._next_k, run.end[rows] - at).clamp(min=0)
+        count = torch.minimum(k_next, run.end[rows] - at).clamp(min=0)
         p_tokens, p_q, p_count, p_at = self.pending
         p_tokens[rows], p_q[rows], p_count[rows], p_at[rows] = tokens, q, count, at
 

@@ -63,7 +63,7 @@ import torch
 from .acceptance import (NonFiniteLogitsError, accept_drafts, check_probabilities, draft_temperatures,  # noqa: F401
                          probs_from_logits, residual_probs, sample_from_probs)
 from .decoders import DECODERS, Queries, make_decoder
-from .drafters import DRAFTERS, Draft
+from .drafters import DRAFTERS, Draft, next_draft_length  # noqa: F401 (next_draft_length: part of the API)
 from .orders import order_to_pos, scatter_by_rank
 
 METHODS = ("sequential", "assd", "ngram")
@@ -172,6 +172,8 @@ class SamplingConfig:
         if self.lookahead != "off" and self.method != "assd":
             raise ValueError(f"lookahead={self.lookahead!r} needs method 'assd' (it drafts with the model), "
                              f"got method {self.method!r}")
+        if self.lookahead != "off":  # one-call rounds always query the rank after the last draft
+            object.__setattr__(self, "bonus", True)
 
     @property
     def drafter(self) -> str:
@@ -214,7 +216,8 @@ _FLAG_HELP = {
     "bonus": "assd: when every draft is kept, one more token from the oracle call's query after the last draft",
     "r_atol": "slack added to the acceptance ratio; LOSSY, for the paper's ablation only",
     "ngram_draft": "ngram drafter: bigram (asarm's) or paper (bigram, else unigram counts, else a model draft)",
-    "lookahead": "assd: off (two calls a round, the paper's), full or cheap (one call a round, lossless)",
+    "lookahead": "assd: off (two calls a round, the paper's), full or cheap (one call a round, lossless; "
+                 "implies --bonus)",
     "adaptive_k": "per-row draft length from the row's own acceptance, at most --k (lossless)",
     "backend": "cached (content-stream K/V cache) or plain (recompute everything, the paper's); same samples",
 }
@@ -283,14 +286,17 @@ class _Run:
 
 # ---------------------------------------------------------------------------- the three phases
 def settle_exact_singletons(run: _Run, rows, draft: Draft):
-    """Rows whose only draft is exact (``q_0 = p_0``, one rank left) keep it without an oracle call;
-    returns the other rows and their drafts."""
+    """Rows whose only draft is exact (``q_0 = p_0`` and one draft: one rank left, or a draft length of 1)
+    keep it without an oracle call (counted as drafted and accepted). Returns ``(settled rows, the other
+    rows, their drafts)``."""
     done = draft.exact_first & (draft.count == 1)
     if done.any():
         r = rows[done]
         run.write(r, run.n[r], draft.tokens[done, :1], draft.count[done])
         run.n[r] += 1
-    return rows[~done], draft.select(~done)
+        run.drafted[r] += 1
+        run.accepted[r] += 1
+    return rows[done], rows[~done], draft.select(~done)
 
 
 def verify(run: _Run, rows, draft: Draft, drafter, r_atol: float):
@@ -306,9 +312,7 @@ def verify(run: _Run, rows, draft: Draft, drafter, r_atol: float):
     queries = Queries.span(n_known, n, draft.count + extra.long(), K + 1)
     more = drafter.lookahead_queries(run, rows, draft)
     if more is not None:
-        queries = Queries(*(torch.cat([a, b], 1) for a, b in ((queries.rank, more.rank),
-                                                             (queries.limit, more.limit),
-                                                             (queries.valid, more.valid))))
+        queries = queries.cat(more)
     logits = run.call(rows, n_known, queries)
     p = probs_from_logits(logits[:, :K + 1], run.temps[2], run.banned)
     p_d = p[:, :K].gather(-1, draft.tokens[..., None]).squeeze(-1)
@@ -336,22 +340,18 @@ def correct(run: _Run, rows, draft: Draft, p, accepted, extra) -> None:
     run.accepted[rows] += accepted
 
 
-def next_draft_length(k, drafted, accepted, k_max: int):
-    """Adaptive draft length: ``k + 1`` after a round that kept all its drafts, else ``accepted + 1``,
-    within ``[1, k_max]``. A function of the row's past only, so it keeps sampling exact. Shapes ``(R,)``."""
-    return torch.where(accepted >= drafted, k + 1, accepted + 1).clamp(1, k_max)
-
-
 def speculative_round(run: _Run, rows, drafter, config: SamplingConfig) -> None:
     """One round for ``rows``: draft, verify, correct (module docstring)."""
     draft = drafter.propose(run, rows, run.k_row[rows])
-    rows, draft = settle_exact_singletons(run, rows, draft)
+    settled, rows, draft = settle_exact_singletons(run, rows, draft)
+    if config.adaptive_k and len(settled):  # they drafted one and kept it
+        one = torch.ones_like(settled)
+        run.k_row[settled] = next_draft_length(run.k_row[settled], one, one, config.k)
     if not len(rows):
         return
-    n = run.n[rows]
     accepted, p, extra, lookahead = verify(run, rows, draft, drafter, config.r_atol)
     correct(run, rows, draft, p, accepted, extra)
-    drafter.receive(run, rows, n, accepted, lookahead)
+    drafter.receive(run, rows, draft, accepted, lookahead)
     if config.adaptive_k:
         run.k_row[rows] = next_draft_length(run.k_row[rows], draft.count, accepted, config.k)
 

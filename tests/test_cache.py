@@ -322,3 +322,32 @@ def test_attention_core_compiles_without_graph_breaks():
     args[5][..., 0] = True
     compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(*args), attend(*args))
+
+
+def test_mixed_limit_and_duplicate_queries_match_the_plain_decoder(model):
+    """Any queries, not only the samplers': random ranks (duplicates in one call included) with random
+    limits in [m, n_known], on both decoders; each query equals the same query asked alone (plain)."""
+    g = torch.Generator().manual_seed(21)
+    B, N, K = 5, 14, 9
+    x, sigma, m = make_batch(B, N, [1, 2, 4, 6, 9], "random", seed=22)
+    plain, cached = PlainDecoder(model, sigma, m), CachedDecoder(model, sigma, m)
+    rows = torch.arange(B)
+    for _ in range(8):
+        n_known = m + (torch.rand(B, generator=g) * (N - m + 1)).long().clamp(max=N - m)
+        rank = torch.randint(0, N, (B, K), generator=g)
+        rank[:, 1] = rank[:, 0]  # a duplicate in every row
+        # any limit from the prompt size to n_known (the prompt is always known, and bidirectional)
+        limit = m[:, None] + (torch.rand(B, K, generator=g) * (n_known - m + 1)[:, None]).long()
+        limit = torch.minimum(limit, n_known[:, None])
+        limit[:, 1] = limit[:, 0]  # same rank, same limit: XLNet's target_mapping would sum the two
+        valid = torch.rand(B, K, generator=g) < 0.8
+        valid[:, :2] = True
+        queries = Queries(rank, limit, valid)
+        a, b = plain(rows, x, n_known, queries), cached(rows, x, n_known, queries)
+        assert (a - b).abs()[valid].max() < ATOL
+        for r, j in [(0, 0), (2, 1), (4, K - 1)]:
+            if valid[r, j]:
+                one = Queries(rank[r:r + 1, j:j + 1], limit[r:r + 1, j:j + 1], valid[r:r + 1, j:j + 1])
+                alone = PlainDecoder(model, sigma[r:r + 1], m[r:r + 1])(torch.zeros(1, dtype=torch.long),
+                                                                        x[r:r + 1], n_known[r:r + 1], one)
+                assert (alone[0, 0] - a[r, j]).abs().max() < ATOL

@@ -206,3 +206,33 @@ def test_for_method_keeps_lookahead_for_assd_only():
     assert cfg.for_method("assd") == cfg
     assert cfg.for_method("sequential").lookahead == "off" and cfg.for_method("ngram").method == "ngram"
     assert cfg.for_method("ngram").k == 3 and cfg.for_method("ngram").bonus
+
+
+@pytest.fixture(scope="module")
+def peaked_model(local_tokenizer):
+    """Peaked, context-dependent conditionals: drafts get rejected, so adaptive k moves."""
+    return asarm.ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64,
+                                   initializer_range=0.6, seed=1)
+
+
+@pytest.mark.parametrize("lookahead", ["off", "full", "cheap"])
+def test_adaptive_k_follows_its_rule_round_by_round(peaked_model, lookahead):
+    """From the decoder's calls alone: each round verifies k_t drafts and keeps a_t; the next round
+    verifies min(k_{t+1}, ranks left) with k_{t+1} = k_t + 1 after a full round, else a_t + 1 (in [1, k])."""
+    x, sigma, m = _batch(peaked_model, b=1, n=40, seed=15)
+    calls, k = [], 4
+    # bonus on (one-call rounds imply it): every round yields kept + 1 tokens, which the calls then show
+    asarm.sample(peaked_model, x, sigma, m, method="assd", k=k, lookahead=lookahead, adaptive_k=True, bonus=True,
+                 decoder=recording_decoder(calls), generator=torch.Generator().manual_seed(3))
+    # an oracle call: queries below n_known (the drafts, verified at their own ranks); n = its lowest rank
+    rounds = [(min(ranks[0]), n_known[0] - min(ranks[0])) for n_known, ranks in calls if min(ranks[0]) < n_known[0]]
+    assert len(rounds) > 3
+    lengths = set()
+    k_t = None
+    for (n0, drafted), (n1, drafted_next) in zip(rounds, rounds[1:]):
+        kept = n1 - n0 - 1  # the next round starts after the kept drafts and one corrected / bonus token
+        k_t = drafted if k_t is None else k_t
+        k_t = min(k, k_t + 1) if kept >= drafted else max(1, kept + 1)
+        assert drafted_next == min(k_t, x.shape[1] - n1), (n0, drafted, kept, drafted_next)
+        lengths.add(drafted_next)
+    assert len(lengths) >= 3, "k never moved: the case does not test the rule"
