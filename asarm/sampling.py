@@ -45,7 +45,9 @@ Randomness: every random number is a uniform drawn from ``generator``. Pass
 one ``torch.Generator`` per row (a list) for per-row streams: each row then
 draws a fixed number of uniforms per phase (``k`` or 1) from its own stream,
 so a row's sample depends only on its own generator, not on the other rows of
-its batch. Tokens come from inverse-CDF sampling, so two backends whose
+its batch (up to float rounding: batched matmuls of other shapes may differ in
+the last bits, which could flip a draw whose uniform lies within ~1e-7 of a
+threshold). Tokens come from inverse-CDF sampling, so two backends whose
 logits agree give the same samples.
 """
 
