@@ -13,6 +13,13 @@ included), seconds per sample, and calls relative to paper ASSD at the same k.
 
     python benchmarks/one_call.py --model outputs/quickstart/train/model
     python benchmarks/one_call.py --model DIR --ks 2 4 8 --rows 8 --orders sorted random
+
+``--random-config small|base`` instead times the cost of the extra queries: a
+RANDOM-weight model of ``benchmarks/decode.py``'s config (it accepts nearly
+every draft, so the samplers make about the same calls and differ in the work
+per call) on random prompts, sorted orders, ``--visible`` of ``--seq-len``:
+
+    python benchmarks/one_call.py --random-config base --seq-len 128 --visible 6 --ks 5 8 --rows 2 --seeds 1
 """
 
 from __future__ import annotations
@@ -96,9 +103,25 @@ def row_line(name, k, res, base) -> str:
             f"{res['seconds'] / n:.3f} | {vs} |")
 
 
+def load(args):
+    """``(model, text (rows, seq_len))``: the trained model and WikiText chunks, or a random-weight model of
+    ``decode.CONFIGS[--random-config]`` and random ids."""
+    if args.random_config:
+        from decode import CONFIGS
+
+        model = asarm.ASARM.from_config(CONFIGS[args.random_config], seed=0).eval()
+        g = torch.Generator().manual_seed(0)
+        return model, torch.randint(10, model.vocab_size, (args.rows, args.seq_len), generator=g)
+    tokenizer = asarm.load_tokenizer(args.model)
+    model = asarm.ASARM.from_pretrained(args.model, tokenizer=tokenizer).eval()
+    return model, chunks_of(args.data, tokenizer, args.seq_len, args.rows, code=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a trained AS-ARM directory (with its tokenizer)")
+    ap.add_argument("--model", help="a trained AS-ARM directory (with its tokenizer)")
+    ap.add_argument("--random-config", choices=["tiny", "small", "base"],
+                    help="a random-weight model of this decode.py config instead of --model (cost per call)")
     ap.add_argument("--data", default=os.path.join(os.environ.get("ASARM_EVAL_DATA", "eval_datasets"),
                                                    "wikitext-2-raw", "wiki.test.raw"))
     ap.add_argument("--seq-len", type=int, default=64)
@@ -109,15 +132,15 @@ def main() -> None:
     ap.add_argument("--orders", nargs="+", default=["sorted", "random"], choices=["sorted", "random"])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if not (args.model or args.random_config):
+        ap.error("give --model DIR (a trained model) or --random-config NAME")
     torch.set_num_threads(args.threads)
-    tokenizer = asarm.load_tokenizer(args.model)
-    model = asarm.ASARM.from_pretrained(args.model, tokenizer=tokenizer).eval()
-    text = chunks_of(args.data, tokenizer, args.seq_len, args.rows, code=False)
+    model, text = load(args)
     for kind in args.orders:
         t0 = time.perf_counter()
         lines = table(model, prompts(text, args.visible, kind, model.mask_token_id), args.ks, args.seeds)
         print(f"\n{kind} orders: N = {args.seq_len}, {args.visible} visible, {args.rows} chunks x {args.seeds} seeds, "
-              f"batch 1, cached backend; model {args.model}; {platform.machine()}, {os.cpu_count()} CPUs, "
+              f"batch 1, cached backend; model {args.model or args.random_config + ' (random weights)'}; {platform.machine()}, {os.cpu_count()} CPUs, "
               f"{args.threads} thread(s), {time.perf_counter() - t0:.0f} s\n")
         print("\n".join(lines))
 
