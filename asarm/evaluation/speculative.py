@@ -47,7 +47,6 @@ import json
 from contextlib import ExitStack
 import os
 import sys
-import time
 from pathlib import Path
 
 from ..utils import atomic_write_json, atomic_write_text
