@@ -77,7 +77,7 @@ def tokenizer_for(model: str, revision: str | None = None, tokenizer: str | None
 
 def load_model_and_tokenizer(args):
     """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
-    from .model import ASARM
+    from .model import ASARM, tokenizer_mismatch
     from .tokenizer import build_local_tokenizer
     from .utils import resolve_device, resolve_dtype
 
@@ -101,6 +101,9 @@ def load_model_and_tokenizer(args):
         load_or_explain(AutoConfig.from_pretrained, args.model, args.revision, "model")
         tokenizer = tokenizer_for(args.model, args.revision, args.tokenizer)
         model = ASARM.from_pretrained(args.model, revision=args.revision, tokenizer=tokenizer)
+        mismatch = tokenizer_mismatch(model.config, tokenizer)
+        if mismatch:
+            print(f"warning: {mismatch}", file=sys.stderr)
     return _sampled_vocabulary(model, tokenizer, args).to(device=device, dtype=dtype).eval(), tokenizer
 
 

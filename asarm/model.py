@@ -28,12 +28,15 @@ from .hub import load_or_explain
 from .orders import check_order, joint_mask, target_mapping
 from .acceptance import check_probabilities, masked_tempered_logits
 from .sampling import check_temperature
-from .tokenizer import XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, special_ids
+from .tokenizer import (XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, pipeline_fingerprint,
+                        save_tokenizer, special_ids, transformers_major,
+                        xlnet_pipeline_drift)
 
 # Keys under which the AS-ARM's own settings travel inside XLNet's config.json
 # (plain XLNet ignores them, so the directory still loads as XLNetLMHeadModel).
 _CFG_MASK = "asarm_mask_token_id"
 _CFG_BANNED = "asarm_banned_token_ids"
+_CFG_PIPELINE = "asarm_tokenizer_pipeline"  # tokenizer.pipeline_fingerprint of the training tokenizer
 
 
 @contextmanager
@@ -55,6 +58,22 @@ def without_dropout(module: nn.Module):
     finally:
         for m, training in flags:
             m.training = training
+
+
+def tokenizer_mismatch(config, tokenizer) -> str | None:
+    """Why ``tokenizer`` may not turn text into the ids the model in ``config`` was trained on,
+    or ``None``: its pipeline differs from the one saved with the model
+    (``asarm_tokenizer_pipeline``), or, for a SentencePiece tokenizer, from transformers 4's
+    XLNet pipeline (the released checkpoints' own). Said before any evaluation starts."""
+    saved, now = getattr(config, _CFG_PIPELINE, None), pipeline_fingerprint(tokenizer)
+    if saved and now and saved != now:
+        return (f"the tokenizer's pipeline (fingerprint {now}) differs from the one this model was "
+                f"trained with ({saved}): its token streams, and so its numbers, may differ")
+    drift = xlnet_pipeline_drift(tokenizer)
+    if drift:
+        return (f"the tokenizer is not transformers 4's XLNet pipeline ({drift}); load it with "
+                "asarm.load_tokenizer, which keeps the pipeline of its files")
+    return None
 
 
 class ASARM(nn.Module):
@@ -128,9 +147,11 @@ class ASARM(nn.Module):
         """
         from transformers import XLNetLMHeadModel
 
-        if dtype is not None:
-            kwargs["torch_dtype"] = dtype
+        if dtype is not None:  # 5.x names it dtype, 4.x torch_dtype
+            kwargs["dtype" if transformers_major() >= 5 else "torch_dtype"] = dtype
         xlnet = load_or_explain(XLNetLMHeadModel.from_pretrained, name_or_path, revision, "model", **kwargs)
+        if dtype is not None:  # XLNet's raw parameters (r_w_bias, mask_emb, ...) stay float32 otherwise
+            xlnet = xlnet.to(dtype)
         saved = getattr(xlnet.config, _CFG_BANNED, None) is not None
         # ids saved with an AS-ARM checkpoint win (e.g. a code model that samples whitespace specials)
         mask, banned = special_ids(tokenizer) if tokenizer is not None and not saved else (None, None)
@@ -156,9 +177,11 @@ class ASARM(nn.Module):
         setattr(self.config, _CFG_MASK, self.mask_token_id)
         setattr(self.config, _CFG_BANNED, list(self.banned_token_ids))
         if not atomic:
+            if tokenizer is not None:  # the pipeline the model is trained on, checked at load
+                setattr(self.config, _CFG_PIPELINE, pipeline_fingerprint(tokenizer))
             self.xlnet.save_pretrained(directory)
             if tokenizer is not None:
-                tokenizer.save_pretrained(directory)
+                save_tokenizer(tokenizer, directory)
             return
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))

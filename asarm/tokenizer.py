@@ -22,18 +22,30 @@ concatenated ids gives back the concatenated text. What the normaliser changes
 (``''`` -> ``"``, accents, NFKC forms, a space that opens a segment, characters
 outside the vocabulary) cannot come back; ``lossy_reason`` names it.
 
+The pipeline is the one transformers 4 builds and saves in ``tokenizer.json``: the released
+checkpoints were trained on it. transformers 5 rebuilds XLNet's pipeline from its class
+(WhitespaceSplit + Metaspace, no collapse of space runs), which changes the ids of most
+text; ``load_tokenizer`` therefore serves every tokenizer as ``PreTrainedTokenizerFast``
+over the pipeline its files define, on either major (``pipeline_fingerprint`` and
+``xlnet_pipeline_drift`` tell when a tokenizer differs; ``tests/test_tokenizer_drift.py``
+pins the ids of the real data files).
+
 The local tokenizer (``build_local_tokenizer``) is that pipeline trained offline:
 a SentencePiece unigram model with XLNet's nine special tokens at XLNet's ids,
-served as ``XLNetTokenizerFast`` built by transformers' own converter (so the
-normaliser, pre-tokenizer and decoder are those of ``xlnet-base-cased``), or as
-the slow ``XLNetTokenizer`` from the same model file.
+converted as transformers 4's ``XLNetConverter`` converts ``xlnet-base-cased``
+(``spiece_backend``), or, under transformers 4 only, the slow ``XLNetTokenizer``
+from the same model file. ``save_tokenizer`` writes a directory both majors load.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .hub import load_or_explain
@@ -92,6 +104,12 @@ def unban_code_whitespace(banned_ids, tokenizer) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- building and loading
+# transformers 5 rebuilds a model-specific tokenizer's pipeline from its class (for XLNet:
+# WhitespaceSplit + Metaspace, and no collapse of space runs) instead of the one saved in
+# ``tokenizer.json``, and has no SentencePiece-backed slow tokenizer. asarm therefore serves
+# every tokenizer as the generic fast class (``PreTrainedTokenizerFast``) over the pipeline
+# the files define, which both majors load verbatim: the released checkpoints were trained
+# on transformers 4's pipeline, and the token streams must not depend on the installed major.
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int, prefix: str) -> None:
     import sentencepiece as spm
 
@@ -104,46 +122,306 @@ def _train_sentencepiece(texts: Iterable[str], vocab_size: int, prefix: str) -> 
         character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1)
 
 
+TOKENIZER_FILE = "tokenizer.json"
+GENERIC_CLASSES = {"PreTrainedTokenizerFast", "TokenizersBackend"}  # 4.x's name, 5.x's
+SPIECE_FILE = "spiece.model"
+SLOW_ONLY_ON_V4 = ("the slow (SentencePiece) XLNet tokenizer exists only under transformers 4.x "
+                   "(installed: {version}); use the fast tokenizer (slow=False), which asarm "
+                   "serves with transformers 4's pipeline on either major")
+
+
+def transformers_version() -> str:
+    """The installed transformers version (read from the package metadata: no import)."""
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def transformers_major() -> int:
+    """The installed transformers major version (4 or 5)."""
+    return int(transformers_version().split(".")[0])
+
+
+def has_slow_tokenizer() -> bool:
+    """True when transformers ships the slow SentencePiece ``XLNetTokenizer`` (major 4 only)."""
+    return transformers_major() < 5
+
+
+def _read_spiece(model_file: str):
+    """The SentencePiece ``ModelProto`` stored in ``model_file`` (needs ``protobuf``)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    return proto
+
+
+def xlnet_pipeline(precompiled_charsmap: bytes, lowercase: bool = False, keep_accents: bool = False):
+    """``(normalizer, pre_tokenizer, decoder)`` of transformers 4's XLNet converter.
+
+    Normaliser: two backticks / two single quotes -> ``"``, NFKD and accents stripped
+    (unless ``keep_accents``), lower case (if ``lowercase``), SentencePiece's precompiled
+    map, runs of spaces -> one space; pre-tokenizer and decoder: Metaspace, ``▁``
+    prepended to every segment.
+    """
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+
+    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+    if not keep_accents:
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    if precompiled_charsmap:
+        steps.append(normalizers.Precompiled(precompiled_charsmap))
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+    metaspace = dict(replacement=SPIECE_UNDERLINE, prepend_scheme="always")
+    return (normalizers.Sequence(steps), pre_tokenizers.Metaspace(**metaspace),
+            decoders.Metaspace(**metaspace))
+
+
+def _number_comma(piece: str) -> bool:
+    """Pieces such as ``3,`` that transformers 4's XLNet converter scores 100 lower."""
+    return len(piece) >= 2 and piece[-1] == "," and piece[-2].isdigit()
+
+
+def spiece_backend(model_file: str, lowercase: bool = False, keep_accents: bool = False):
+    """A ``tokenizers.Tokenizer`` from an XLNet SentencePiece model file, built as
+    transformers 4's ``XLNetConverter`` builds it (same vocabulary scores, same pipeline,
+    XLNet's ``<sep><cls>`` post-processor), on either transformers major."""
+    from tokenizers import Tokenizer, processors
+    from tokenizers.models import Unigram
+
+    proto = _read_spiece(model_file)
+    if proto.trainer_spec.model_type != 1:
+        raise ValueError(f"'{model_file}' is not a SentencePiece unigram model (XLNet's kind)")
+    vocab = [(p.piece, p.score - 100 if _number_comma(p.piece) else p.score) for p in proto.pieces]
+    backend = Tokenizer(Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=False))
+    backend.normalizer, backend.pre_tokenizer, backend.decoder = xlnet_pipeline(
+        proto.normalizer_spec.precompiled_charsmap, lowercase, keep_accents)
+    ids = {p.piece: i for i, p in enumerate(proto.pieces)}
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A:0 <sep>:0 <cls>:2", pair="$A:0 <sep>:0 $B:1 <sep>:1 <cls>:2",
+        special_tokens=[("<sep>", ids["<sep>"]), ("<cls>", ids["<cls>"])])
+    return backend
+
+
+def _special_kwargs(source) -> dict:
+    """The special-token arguments of ``PreTrainedTokenizerFast``: ``source``'s (a loaded
+    tokenizer, each as the ``AddedToken`` it holds, so ``<mask>`` keeps stripping the space
+    before it), else XLNet's."""
+    from tokenizers import AddedToken
+
+    if source is None:
+        names = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="<sep>",
+                     pad_token="<pad>", cls_token="<cls>")
+        mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=True, special=True)
+        return names | dict(mask_token=mask, additional_special_tokens=["<eop>", "<eod>"])
+    held = {str(t): t for t in source.added_tokens_decoder.values()}
+    keys = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+    out = {k: held.get(str(v), str(v)) for k in keys if (v := getattr(source, k, None)) is not None}
+    extra = list(getattr(source, "additional_special_tokens", None) or [])
+    named = getattr(source, "extra_special_tokens", None)
+    extra += list(named) if isinstance(named, list) else []
+    extra = list(dict.fromkeys(str(t) for t in extra))
+    return out | ({"additional_special_tokens": [held.get(t, t) for t in extra]} if extra else {})
+
+
+def wrap_backend(backend, source=None, padding_side: str = "left", spiece_file: str | None = None):
+    """A ``PreTrainedTokenizerFast`` over ``backend`` (a ``tokenizers.Tokenizer``), with the
+    special tokens of ``source`` (or XLNet's). ``spiece_file`` travels along so that
+    ``save_tokenizer`` can write it for transformers 4's slow tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, padding_side=padding_side,
+                                  **_special_kwargs(source))
+    tok.asarm_spiece_file = spiece_file
+    return tok
+
+
 def build_local_tokenizer(texts: Iterable[str], vocab_size: int = 1000, slow: bool = False):
     """Train an XLNet-pipeline tokenizer on ``texts``, offline, in a few seconds.
 
-    A SentencePiece unigram model (``spiece.model``) with XLNet's nine special
-    tokens at XLNet's ids (``XLNET_SPECIAL_TOKENS``), loaded as
-    ``XLNetTokenizerFast`` through transformers' converter (``slow=False``) or
-    as ``XLNetTokenizer`` (``slow=True``): the normaliser, Metaspace segments
-    and decoder of ``xlnet-base-cased``.
+    A SentencePiece unigram model with XLNet's nine special tokens at XLNet's ids
+    (``XLNET_SPECIAL_TOKENS``), served through ``spiece_backend``: the normaliser,
+    Metaspace segments and decoder of ``xlnet-base-cased`` under transformers 4, on
+    either major. ``slow=True`` returns transformers 4's slow ``XLNetTokenizer`` over the
+    same model file instead (``ValueError`` under transformers 5, which has none).
 
     Args:
         texts: training text (any iterable of strings; split into lines).
         vocab_size: SentencePiece vocabulary size, specials included (>= 100).
         slow: return the slow (Python, ``sentencepiece``) tokenizer.
     Returns:
-        a tokenizer with ``save_pretrained``; the model file stays readable as
-        ``tokenizer.vocab_file`` until the process exits.
+        a tokenizer; ``save_tokenizer`` writes it in a form both majors load.
     """
-    from transformers import XLNetTokenizer, XLNetTokenizerFast
-
     if vocab_size < 100:
-        raise ValueError(f"vocab_size={vocab_size} is too small for a SentencePiece tokenizer; use at least 100")
+        raise ValueError(f"vocab_size={vocab_size} is too small for a SentencePiece tokenizer; "
+                         "use at least 100")
+    if slow and not has_slow_tokenizer():
+        raise ValueError(SLOW_ONLY_ON_V4.format(version=transformers_version()))
     folder = tempfile.mkdtemp(prefix="asarm-spm-")
     _train_sentencepiece(texts, vocab_size, os.path.join(folder, "spiece"))
-    model_file = os.path.join(folder, "spiece.model")
-    tok = XLNetTokenizer(model_file) if slow else XLNetTokenizerFast(vocab_file=model_file)
+    model_file = os.path.join(folder, SPIECE_FILE)
+    if slow:
+        from transformers import XLNetTokenizer
+
+        tok = XLNetTokenizer(model_file)
+    else:
+        tok = wrap_backend(spiece_backend(model_file), spiece_file=model_file)
     for name, idx in XLNET_SPECIAL_TOKENS.items():
         if tok.convert_tokens_to_ids(name) != idx:
-            raise RuntimeError(f"local tokenizer puts {name} at {tok.convert_tokens_to_ids(name)}, not XLNet's {idx}")
+            raise RuntimeError(f"local tokenizer puts {name} at {tok.convert_tokens_to_ids(name)}, "
+                               f"not XLNet's {idx}")
     return tok
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, slow: bool = False):
-    """Load a tokenizer from a local directory or the Hugging Face hub (``slow``: the Python one).
+def _tokenizer_file(name_or_path: str, filename: str, revision: str | None) -> str | None:
+    """Path of ``filename`` of a tokenizer directory or a hub repository already in the local
+    cache (``AutoTokenizer`` has just fetched what exists), or ``None``; never the network."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path / filename) if (path / filename).is_file() else None
+    from huggingface_hub import try_to_load_from_cache
 
-    Offline, a hub id that is not in the local cache raises ``OSError`` with
-    a message that says how to pass a local directory instead.
+    found = try_to_load_from_cache(name_or_path, filename, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def _saved_backend(tok, name_or_path: str, revision: str | None):
+    """The backend the tokenizer's files define, or ``None`` when ``tok`` already has it:
+    ``tokenizer.json`` verbatim, else (an XLNet tokenizer saved as ``spiece.model`` only)
+    transformers 4's conversion of ``spiece.model``."""
+    from tokenizers import Tokenizer
+
+    current = json.loads(tok.backend_tokenizer.to_str())
+    saved_json = _tokenizer_file(name_or_path, TOKENIZER_FILE, revision)
+    if saved_json is not None:
+        saved = Tokenizer.from_file(saved_json)
+    elif "XLNet" in type(tok).__name__ and _tokenizer_file(name_or_path, SPIECE_FILE, revision):
+        saved = spiece_backend(_tokenizer_file(name_or_path, SPIECE_FILE, revision),
+                               bool(getattr(tok, "do_lower_case", False)),
+                               bool(getattr(tok, "keep_accents", False)))
+    else:
+        return None
+    parts = ("model", "normalizer", "pre_tokenizer", "post_processor", "decoder")
+    wanted = json.loads(saved.to_str())
+    return None if all(current.get(p) == wanted.get(p) for p in parts) else saved
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, slow: bool = False):
+    """Load a tokenizer from a local directory or the Hugging Face hub, with the pipeline its
+    files define on either transformers major (``slow``: transformers 4's Python one).
+
+    Under transformers 5, a model-specific class (``XLNetTokenizer``) rebuilds its own
+    pipeline; the tokenizer is then served as ``PreTrainedTokenizerFast`` over the pipeline
+    of ``tokenizer.json`` (or of ``spiece.model``, converted as transformers 4 does), so the
+    ids are the ones the checkpoint was trained on. Offline, a hub id that is not in the
+    local cache raises ``OSError`` with a message that says how to pass a local directory.
     """
+    if slow:
+        if not has_slow_tokenizer():
+            raise ValueError(SLOW_ONLY_ON_V4.format(version=transformers_version()))
+        from transformers import XLNetTokenizer
+
+        return load_or_explain(XLNetTokenizer.from_pretrained, name_or_path, revision, "tokenizer")
+    tok = load_or_explain(_auto_tokenizer, name_or_path, revision, "tokenizer")
+    spiece = _tokenizer_file(str(name_or_path), SPIECE_FILE, revision)
+    backend = _saved_backend(tok, str(name_or_path), revision)
+    if backend is None and type(tok).__name__ in GENERIC_CLASSES:
+        tok.asarm_spiece_file = spiece
+        return tok
+    # one class on both majors: the files' pipeline (or the loaded one, when it is that already)
+    return wrap_backend(backend or tok.backend_tokenizer, tok, padding_side=tok.padding_side,
+                        spiece_file=spiece)
+
+
+def _auto_tokenizer(name_or_path: str, **kwargs):
+    """``AutoTokenizer.from_pretrained``, also for a directory that transformers 5 wrote
+    (``TokenizersBackend`` and a list of ``extra_special_tokens``), which 4.x cannot read."""
     from transformers import AutoTokenizer
 
-    return load_or_explain(AutoTokenizer.from_pretrained, name_or_path, revision, "tokenizer", use_fast=not slow)
+    config = Path(name_or_path) / "tokenizer_config.json"
+    if has_slow_tokenizer() and config.is_file():
+        fields = json.loads(config.read_text(encoding="utf-8"))
+        if fields.get("tokenizer_class") == "TokenizersBackend":
+            from transformers import PreTrainedTokenizerFast
+
+            fields = _portable_config(fields)
+            specials = {k: v for k, v in fields.items() if k.endswith("_token") or
+                        k == "additional_special_tokens"}
+            return PreTrainedTokenizerFast(tokenizer_file=str(Path(name_or_path) / TOKENIZER_FILE),
+                                           padding_side=fields.get("padding_side", "right"),
+                                           **specials)
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
+def _portable_config(fields: dict) -> dict:
+    """``tokenizer_config.json`` fields that transformers 4.44+ and 5 both read: the generic
+    fast class, and the extra special tokens under 4.x's name."""
+    fields = dict(fields)
+    fields.pop("backend", None)
+    fields["tokenizer_class"] = "PreTrainedTokenizerFast"  # XLNet's class rebuilds it under 5.x
+    extra = fields.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        fields["additional_special_tokens"] = list(dict.fromkeys(
+            (fields.get("additional_special_tokens") or []) + extra))
+    elif extra:  # a dict of named extras: 4.x reads it under the same name
+        fields["extra_special_tokens"] = extra
+    return fields
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(directory)`` in a form both transformers majors load with
+    the same pipeline: the generic fast class, 4.x's key names, and ``spiece.model`` beside
+    ``tokenizer.json`` when the tokenizer came from one (for 4.x's slow tokenizer)."""
+    directory = Path(directory)
+    tokenizer.save_pretrained(str(directory))
+    config = directory / "tokenizer_config.json"
+    if config.is_file() and (directory / TOKENIZER_FILE).is_file():
+        fields = _portable_config(json.loads(config.read_text(encoding="utf-8")))
+        config.write_text(json.dumps(fields, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    spiece = getattr(tokenizer, "asarm_spiece_file", None) or getattr(tokenizer, "vocab_file", None)
+    if spiece and Path(spiece).is_file() and not (directory / SPIECE_FILE).exists():
+        shutil.copyfile(spiece, directory / SPIECE_FILE)
+
+
+def pipeline_fingerprint(tokenizer) -> str | None:
+    """A short hash of how a fast tokenizer turns text into pieces (normaliser, pre-tokenizer,
+    post-processor, decoder; not the vocabulary), or ``None`` for a slow one. Saved with a
+    model (``ASARM.save_pretrained``) so that a later run can tell when its tokenizer
+    differs from the one the model was trained with."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    fields = json.loads(backend.to_str())
+    parts = {p: fields.get(p) for p in ("normalizer", "pre_tokenizer", "post_processor", "decoder")}
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def xlnet_pipeline_drift(tokenizer) -> str | None:
+    """Why a SentencePiece (XLNet-family) tokenizer's pipeline is not transformers 4's XLNet
+    pipeline, or ``None`` when it is (or the tokenizer is of another family or slow)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not is_sentencepiece(tokenizer):
+        return None
+    fields = json.loads(backend.to_str())
+    pre = fields.get("pre_tokenizer") or {}
+    if pre.get("type") != "Metaspace" or pre.get("prepend_scheme", "always") != "always":
+        return f"its pre-tokenizer is {_describe(pre)}, not Metaspace alone"
+    steps = (fields.get("normalizer") or {}).get("normalizers") or []
+    if not steps or steps[-1].get("type") != "Replace" or steps[-1].get("pattern") != {"Regex": " {2,}"}:
+        return "its normaliser does not collapse runs of spaces"
+    return None
+
+
+def _describe(component: dict) -> str:
+    """``Sequence(WhitespaceSplit, Metaspace)``-style name of a pipeline component."""
+    inner = component.get("pretokenizers") or component.get("normalizers")
+    if inner:
+        return f"{component.get('type')}({', '.join(_describe(c) for c in inner)})"
+    return str(component.get("type"))
 
 
 def special_ids(tokenizer) -> tuple[int, list[int]]:

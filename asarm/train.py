@@ -200,7 +200,7 @@ class MetricsLog:
 # ---------------------------------------------------------------------------- model and data
 def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
     """``(ASARM, tokenizer)`` from a checkpoint, a hub id / directory, or a fresh config."""
-    from .model import ASARM
+    from .model import ASARM, tokenizer_mismatch
     from .tokenizer import special_ids, unban_code_whitespace
 
     if ckpt is None and cfg.init != "fresh":
@@ -219,6 +219,9 @@ def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
         model = ASARM.from_pretrained(cfg.init, cfg.revision or None, tokenizer=tokenizer)
     if len(tokenizer) > model.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} ids but the model only {model.vocab_size}")
+    mismatch = tokenizer_mismatch(model.config, tokenizer)
+    if mismatch and accelerator.is_main_process:
+        print(f"warning: {mismatch}", file=sys.stderr)
     mask_id, banned = special_ids(tokenizer)
     if spec.code:  # a code model must be able to write newlines, tabs and indentation
         banned = unban_code_whitespace(banned, tokenizer)
@@ -227,14 +230,15 @@ def model_for_training(cfg: TrainConfig, spec, ckpt: Path | None, accelerator):
 
 def _load_tokenizer(cfg: TrainConfig, ckpt: Path | None, accelerator):
     """The checkpoint's tokenizer, a locally built one (``tokenizer=local``), the one named, or init's own."""
-    from .tokenizer import build_local_tokenizer, load_tokenizer
+    from .tokenizer import build_local_tokenizer, load_tokenizer, save_tokenizer
 
     if ckpt is not None:
         return load_tokenizer(str(ckpt))
     if cfg.tokenizer == "local":
         local_dir = Path(cfg.output_dir) / "tokenizer"
         if accelerator.is_main_process:
-            build_local_tokenizer(stdlib_texts(300_000), vocab_size=cfg.local_vocab_size).save_pretrained(local_dir)
+            save_tokenizer(build_local_tokenizer(stdlib_texts(300_000), vocab_size=cfg.local_vocab_size),
+                           local_dir)
         accelerator.wait_for_everyone()
         return load_tokenizer(str(local_dir))
     if cfg.tokenizer:

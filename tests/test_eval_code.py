@@ -13,6 +13,7 @@ from asarm.evaluation.protocol import sampling_value
 from asarm.evaluation.infill_code import (BENCHMARKS, build_inputs, completion_text, ends_mid_segment, generate,
                                           load_problems, lossless_encoder, middle_loss)
 from asarm.evaluation.runner import Unit
+from asarm.tokenizer import save_tokenizer
 
 
 def _problems(shared_data, benchmark):
@@ -123,7 +124,7 @@ def test_context_full_does_not_trim_while_trim_does(shared_data, local_tokenizer
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory, local_tokenizer):
     path = tmp_path_factory.mktemp("tok")
-    local_tokenizer.save_pretrained(path)
+    save_tokenizer(local_tokenizer, path)
     return path
 
 

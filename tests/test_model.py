@@ -164,3 +164,42 @@ def test_a_callers_autocast_reaches_the_network(small):
     finally:
         hook.remove()
     assert plain == {torch.float32} and set(seen) == {torch.bfloat16}
+
+
+def test_from_pretrained_dtype_casts_every_parameter(tmp_path, local_tokenizer):
+    """``dtype=`` reaches XLNet's raw parameters too (``r_w_bias``, ``mask_emb``, ...), so a
+    bf16 model scores and samples with no cast by the caller."""
+    from asarm.sampling import sample
+
+    model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    model.save_pretrained(tmp_path / "m", tokenizer=local_tokenizer)
+    bf16 = ASARM.from_pretrained(str(tmp_path / "m"), dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    x = torch.randint(SPECIALS, model.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    sigma = orders.random_sorted_order(2, 8, 3, generator=torch.Generator().manual_seed(1))
+    lp16, lp32 = bf16.joint_log_prob(x, sigma, torch.full((2,), 3)), model.joint_log_prob(x, sigma, torch.full((2,), 3))
+    assert torch.isfinite(lp16).all() and torch.allclose(lp16, lp32, rtol=0.05)
+    masked = torch.where(sigma < 3, x, torch.full_like(x, bf16.mask_token_id))
+    out = sample(bf16, masked, sigma, torch.full((2,), 3), generator=torch.Generator().manual_seed(0))
+    assert (out.sequences[sigma < 3] == x[sigma < 3]).all()
+    assert not (out.sequences == bf16.mask_token_id).any() and (out.nfe > 0).all()
+
+
+def test_a_tokenizer_with_another_pipeline_is_named(tmp_path, local_tokenizer):
+    """The pipeline the model was trained with travels in config.json; a tokenizer that splits
+    text another way (transformers 5's own XLNet pipeline) is reported, the same one is not."""
+    from tokenizers import pre_tokenizers
+
+    from asarm.model import tokenizer_mismatch
+    from asarm.tokenizer import spiece_backend, wrap_backend
+
+    model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    model.save_pretrained(tmp_path / "m", tokenizer=local_tokenizer)
+    config = ASARM.from_pretrained(str(tmp_path / "m")).config
+    assert tokenizer_mismatch(config, asarm.load_tokenizer(str(tmp_path / "m"))) is None
+    drifted = wrap_backend(spiece_backend(local_tokenizer.asarm_spiece_file))
+    drifted.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    assert "differs from the one this model was trained with" in tokenizer_mismatch(config, drifted)
+    del config.asarm_tokenizer_pipeline  # a released checkpoint: checked against XLNet's pipeline
+    assert "WhitespaceSplit" in tokenizer_mismatch(config, drifted)

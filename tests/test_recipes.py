@@ -103,7 +103,7 @@ def test_each_recipe_carries_its_launchers_values():
 
 
 def test_tiny_cpu_config_still_trains_on_the_local_tokenizer(tmp_path):
-    from asarm.tokenizer import load_tokenizer
+    from asarm.tokenizer import load_tokenizer, xlnet_pipeline_drift
 
     cfg = TrainConfig.load(str(ROOT / "configs" / "tiny_cpu.yaml"),
                            {"output_dir": str(tmp_path / "tiny"), "max_steps": 3, "save_steps": 3, "eval_steps": 0,
@@ -114,7 +114,7 @@ def test_tiny_cpu_config_still_trains_on_the_local_tokenizer(tmp_path):
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 1 and 0 < losses[0] < 20  # log_steps 10: only the last step is logged
     tok = load_tokenizer(str(run / "model"))
-    assert type(tok).__name__ == "XLNetTokenizerFast" and len(tok) == cfg.local_vocab_size
+    assert xlnet_pipeline_drift(tok) is None and len(tok) == cfg.local_vocab_size
     assert resolve_dataset(cfg.dataset).code  # stdlib is code: newlines survive as <cls>
     sample = json.loads((run / "samples.jsonl").read_text().splitlines()[-1])["samples"][0]["prompt"]
     assert "\n" in sample
