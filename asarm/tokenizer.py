@@ -360,7 +360,8 @@ def _portable_config(fields: dict) -> dict:
     """``tokenizer_config.json`` fields that transformers 4.44+ and 5 both read: the generic
     fast class, and the extra special tokens under 4.x's name."""
     fields = dict(fields)
-    fields.pop("backend", None)
+    for key in ("backend", "is_local", "local_files_only"):  # 5.x's notes on how it was loaded
+        fields.pop(key, None)
     fields["tokenizer_class"] = "PreTrainedTokenizerFast"  # XLNet's class rebuilds it under 5.x
     extra = fields.pop("extra_special_tokens", None)
     if isinstance(extra, list):

@@ -391,3 +391,26 @@ def test_check_finite(loss, norm, scaler, fails):
             check_finite(3, loss, norm, scaler, 1e-3)
     else:
         check_finite(3, loss, norm, scaler, 1e-3)
+
+
+# ---------------------------------------------------------------------------- across transformers majors
+@pytest.mark.parametrize("major", [4, 5])
+def test_a_run_written_under_either_transformers_major_resumes_here(major, tmp_path):
+    """``tests/fixtures/run_transformers{4,5}``: two steps of a tiny run written under
+    transformers 4.44 / 5.x (``scripts/make_run_fixture.py``). Whichever major is installed
+    resumes it from its checkpoint to step 4, with the checkpoint's tokenizer unchanged."""
+    from asarm.tokenizer import load_tokenizer
+
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the fixture runs read Python 3.11's standard library as their data")
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "fixtures" / f"run_transformers{major}", run)
+    saved = load_tokenizer(str(run / "checkpoints" / "step_00000002"))
+    text = "def f(x):\n    return x  # two  spaces\n"
+    before = saved(text, add_special_tokens=False)["input_ids"]
+    cfg = TrainConfig.load(str(run / "config.yaml"), {"output_dir": str(run), "resume": "auto", "max_steps": 4})
+    train(cfg)
+    assert _status(run)["state"] == "done" and sorted(_losses(run)) == [1, 2, 3, 4]
+    again = load_tokenizer(str(latest_checkpoint(run)))
+    assert latest_checkpoint(run).name == "step_00000004"
+    assert again(text, add_special_tokens=False)["input_ids"] == before
