@@ -1,7 +1,10 @@
 """The offline XLNet-pipeline tokenizer and the text codec (encode/decode inverses on the real pipeline)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +204,36 @@ def test_pipeline_fingerprint_sees_a_changed_pipeline(local_tokenizer):
 def test_too_small_vocab_is_refused():
     with pytest.raises(ValueError, match="too small"):
         build_local_tokenizer(["abc"], vocab_size=50)
+
+
+HUB_LOAD = """
+import json, sys
+import asarm
+tok = asarm.load_tokenizer("xlnet/xlnet-base-cased")
+from asarm.tokenizer import xlnet_pipeline_drift
+print(json.dumps({"drift": xlnet_pipeline_drift(tok), "mask": tok.mask_token_id,
+                  "ids": [tok(t)["input_ids"] for t in json.loads(sys.argv[1])]}))
+"""
+
+
+def test_a_hub_id_from_the_local_cache_keeps_its_saved_pipeline(tmp_path):
+    """``xlnet/xlnet-base-cased`` as the hub cache holds it (config.json, spiece.model,
+    tokenizer.json, no tokenizer_config.json), offline: the loader finds the cached
+    tokenizer.json and serves its pipeline on either major (a fresh process, so that
+    ``HF_HUB_CACHE`` is read)."""
+    snapshot = tmp_path / "models--xlnet--xlnet-base-cased" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--xlnet--xlnet-base-cased" / "refs").mkdir()
+    (tmp_path / "models--xlnet--xlnet-base-cased" / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "xlnet", "vocab_size": 1000}))
+    for name in ("spiece.model", "tokenizer.json"):
+        shutil.copy(FIXTURE / name, snapshot / name)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", HUB_LOAD, json.dumps(TEXTS)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    reference = load_tokenizer(str(FIXTURE))
+    assert got["drift"] is None and got["mask"] == 6
+    assert got["ids"] == [reference(t)["input_ids"] for t in TEXTS]
