@@ -107,6 +107,28 @@ def test_infill_from_a_local_directory(tmp_path, local_tokenizer, capsys):
     assert out.count("print(os.getcwd())") == 3  # the visible text survives decoding
 
 
+def test_a_tokenizer_with_another_pipeline_is_reported_before_sampling(tmp_path, local_tokenizer, capsys):
+    """The model records its tokenizer's pipeline; a command given a tokenizer that splits text
+    another way (transformers 5's own XLNet pipeline) says so before it samples."""
+    from tokenizers import pre_tokenizers
+
+    from asarm.tokenizer import save_tokenizer, spiece_backend, wrap_backend
+
+    model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    model.save_pretrained(tmp_path / "m", tokenizer=local_tokenizer)
+    drifted = wrap_backend(spiece_backend(local_tokenizer.asarm_spiece_file))
+    drifted.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    save_tokenizer(drifted, tmp_path / "drifted")
+    args = ["infill", "--model", str(tmp_path / "m"), "--text", "import os[MASK:3]", "--method", "sequential",
+            "--device", "cpu"]
+    assert main(args) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(args + ["--tokenizer", str(tmp_path / "drifted")]) == 0
+    captured = capsys.readouterr()
+    assert "differs from the one this model was trained with" in captured.err and "NFE" in captured.out
+
+
 def test_code_mode_maps_whitespace_and_samples_it(tmp_path, local_tokenizer, capsys):
     from asarm.data import code_whitespace_ids
 

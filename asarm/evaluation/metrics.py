@@ -128,13 +128,16 @@ def load_judge(name_or_path: str, device=None, revision: str | None = None):
     when it cannot be loaded (offline, missing): callers report the latter in
     the perplexity column and carry on.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..hub import load_or_explain
+    from ..tokenizer import load_tokenizer
 
     config = load_or_explain(AutoConfig.from_pretrained, name_or_path, revision, "judge config")
     check_causal_lm_config(config)
-    tokenizer = load_or_explain(AutoTokenizer.from_pretrained, name_or_path, revision, "judge tokenizer")
+    # the pipeline of the judge's tokenizer.json on either transformers major (5.x rebuilds
+    # GPT-2's from its class), so generative perplexity is computed on the same token streams
+    tokenizer = load_tokenizer(name_or_path, revision)
     model = load_or_explain(AutoModelForCausalLM.from_pretrained, name_or_path, revision, "judge model")
     return model.to(device).eval(), tokenizer
 
