@@ -51,7 +51,7 @@ def _explain(what: str, name: str, revision: str | None, why: str) -> str:
     return (
         f"could not load the {what} '{name}'{f' (revision {revision})' if revision else ''}: it is not a local "
         f"directory, not in the local hub cache, and the Hugging Face hub cannot be used: {why}. If '{name}' is a "
-        f"typo, fix it; else on a machine with network run `huggingface-cli download {name}{rev} --local-dir DIR`, "
+        f"typo, fix it; else on a machine with network run `hf download {name}{rev} --local-dir DIR`, "
         "copy DIR here and pass its path instead of the hub id."
     )
 
@@ -100,7 +100,7 @@ def load_or_explain(loader, name_or_path: str, revision: str | None, what: str, 
     except Exception as exc:  # requests/httpx/hub errors all mean the same thing to the user
         if _not_on_hub(exc):
             raise OSError(f"the {what} '{name}'{f' (revision {revision})' if revision else ''} is not on the "
-                          "Hugging Face hub (a typo? a private or gated repository needs `huggingface-cli login`), "
+                          "Hugging Face hub (a typo? a private or gated repository needs `hf auth login`), "
                           "and it is not a local directory either") from exc
         raise OSError(_explain(what, name, revision, f"{type(exc).__name__}: {exc}")) from exc
 
