@@ -2,20 +2,31 @@
 
 Failures are fast: offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``) a hub
 id not in the cache fails at once, and online the hub is first checked to be
-reachable with a short TCP connect (``hub_reachable``) so that a machine with
-the network down does not spend a minute in the hub client's retries.
+reachable with one short HTTP request through the environment's proxies
+(``hub_reachable``) so that a machine with the network down does not spend a
+minute in the hub client's retries.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
-import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 HUB_PREFIX = "hf:"
-REACH_TIMEOUT_S = 3.0  # one TCP connect; the hub answers in well under a second when it is reachable
+REACH_TIMEOUT_S = 3.0  # the whole check; the hub answers in well under a second when it is reachable
+# hub client errors that mean "the hub answered: no such repository, revision or file" (any hub version;
+# matched by class name along the class's bases, so subclasses count). LocalEntryNotFoundError (a file not
+# in the cache while offline) derives from EntryNotFoundError on hub >= 1.0 and is excluded.
+NOT_ON_HUB_ERRORS = frozenset({"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError",
+                               "DisabledRepoError", "EntryNotFoundError", "RemoteEntryNotFoundError",
+                               "HFValidationError"})
 
 
 def hub_offline(datasets: bool = False) -> bool:
@@ -25,14 +36,47 @@ def hub_offline(datasets: bool = False) -> bool:
     return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in names)
 
 
+def hub_endpoint() -> str:
+    """The hub's address: ``$HF_ENDPOINT``, default https://huggingface.co (what the hub client uses)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
 def hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
-    """True if a TCP connection to the hub (``$HF_ENDPOINT``, default huggingface.co:443) opens within ``timeout`` s."""
-    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (80 if url.scheme == "http" else 443)
+    """True if the hub (``hub_endpoint()``) answers an HTTP HEAD request within ``timeout`` seconds in all.
+
+    The request goes the way the hub client's would: through the proxy that ``HTTPS_PROXY`` / ``HTTP_PROXY``
+    (or their lower-case forms) name, unless ``NO_PROXY`` exempts the host. Any HTTP answer counts, even an
+    error status or a redirect; a DNS, connection or proxy failure, or no answer in time, does not.
+    """
+    url = hub_endpoint().rstrip("/") + "/"  # a path, even for a bare host: some proxies insist
+    answers = []
+    # a thread bounds the whole check: urllib's timeout is per socket operation and does not cover DNS
+    probe = threading.Thread(target=lambda: answers.append(_answers(url, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answers) and answers[0]
+
+
+class _FirstAnswer(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: a redirect is already an answer from the hub."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _answers(url: str, timeout: float) -> bool:
+    """Whether a HEAD request to ``url`` gets an HTTP answer (see ``hub_reachable``)."""
+    opener = urllib.request.build_opener(_FirstAnswer)  # reads the proxy variables now, as the client will
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
             return True
-    except OSError:  # no route, DNS failure, refused, timed out, or blocked (tests)
+    except urllib.error.HTTPError:  # an error status (or a redirect) is an answer
+        return True
+    except urllib.error.URLError as exc:
+        # a certificate this process does not trust was still presented by a server that answered (the hub
+        # client may trust it through its own CA bundle); every other reason is a failure to connect
+        return isinstance(exc.reason, ssl.SSLCertVerificationError)
+    except (OSError, ValueError, http.client.HTTPException):  # timeout, bad endpoint, broken answer
         return False
 
 
@@ -41,8 +85,8 @@ def unreachable_reason() -> str | None:
     if hub_offline():
         return "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)"
     if not hub_reachable():
-        host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-        return f"{host} cannot be reached (network down?)"
+        host = urlsplit(hub_endpoint()).hostname
+        return f"{host} cannot be reached (network down? behind a proxy, set HTTPS_PROXY)"
     return None
 
 
@@ -51,17 +95,18 @@ def _explain(what: str, name: str, revision: str | None, why: str) -> str:
     return (
         f"could not load the {what} '{name}'{f' (revision {revision})' if revision else ''}: it is not a local "
         f"directory, not in the local hub cache, and the Hugging Face hub cannot be used: {why}. If '{name}' is a "
-        f"typo, fix it; else on a machine with network run `huggingface-cli download {name}{rev} --local-dir DIR`, "
+        f"typo, fix it; else on a machine with network run `hf download {name}{rev} --local-dir DIR`, "
         "copy DIR here and pass its path instead of the hub id."
     )
 
 
 def _not_on_hub(exc: BaseException) -> bool:
-    """True when the hub answered that the repository or revision does not exist (or is gated/private)."""
+    """True when the hub answered that the repository, revision or file does not exist (or is gated, private
+    or disabled): ``exc`` or an exception in its chain is one of ``NOT_ON_HUB_ERRORS``."""
     seen = exc
     while seen is not None:
-        if type(seen).__name__ in {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError",
-                                   "EntryNotFoundError", "HFValidationError"}:
+        names = {cls.__name__ for cls in type(seen).__mro__}
+        if names & NOT_ON_HUB_ERRORS and "LocalEntryNotFoundError" not in names:
             return True
         seen = seen.__cause__ or seen.__context__
     return "is not a valid model identifier" in str(exc) or "not a valid git identifier" in str(exc)
@@ -100,7 +145,7 @@ def load_or_explain(loader, name_or_path: str, revision: str | None, what: str, 
     except Exception as exc:  # requests/httpx/hub errors all mean the same thing to the user
         if _not_on_hub(exc):
             raise OSError(f"the {what} '{name}'{f' (revision {revision})' if revision else ''} is not on the "
-                          "Hugging Face hub (a typo? a private or gated repository needs `huggingface-cli login`), "
+                          "Hugging Face hub (a typo? a private or gated repository needs `hf auth login`), "
                           "and it is not a local directory either") from exc
         raise OSError(_explain(what, name, revision, f"{type(exc).__name__}: {exc}")) from exc
 

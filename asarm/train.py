@@ -18,7 +18,8 @@ uninterrupted one bit for bit.
 The pieces, in the order a run uses them:
 
 * options: ``asarm.train_config`` (``TrainConfig``, ``check_config``, what a resume may change);
-* the run directory: ``check_run_dir``, ``write_run_config``, ``MetricsLog``, ``record_failure``;
+* the run directory: ``check_run_dir``, ``write_run_config``, ``MetricsLog`` (and the trackers),
+  ``record_failure``;
 * start-up: ``start`` builds a ``Run`` (what stays fixed) and a ``TrainState`` (what a checkpoint holds);
 * ``make_step_fn(cfg, accelerator, slots)`` -> ``step(state, batches) -> metrics``: one optimizer step;
 * ``save_state`` / ``restore_state``: the checkpoint, as functions of the state (files: ``asarm.checkpoint``);
@@ -32,7 +33,7 @@ saved after SIGTERM, requeue me; ``failed`` = an error, e.g. a non-finite loss),
 ``checkpoints/step_XXXXXXXX/`` (a Hugging Face model + tokenizer directory plus
 ``training_state.pt``, ``trainer_state.json`` and ``manifest.json``; see
 ``asarm.checkpoint``), ``checkpoints/latest``, ``model/`` (the final model),
-``tokenizer/`` (a locally built tokenizer) and ``tensorboard/`` when asked.
+``tokenizer/`` (a locally built tokenizer), and ``tensorboard/`` / ``wandb/`` when ``report_to`` asks.
 
 Resume (``--resume true|auto``) continues the newest checkpoint whose manifest
 verifies, setting damaged newer ones aside as ``damaged-step_X`` with a warning;
@@ -139,6 +140,7 @@ class Attempt:
 
     main: bool  # this process writes the run directory
     wrote_status: bool = False  # this attempt has written status.json
+    accelerator: object = None  # set once it exists: its trackers are closed after an error
     state: "TrainState | None" = None  # set once the training state exists (resumed state loaded)
 
 
@@ -159,42 +161,78 @@ def record_failure(cfg: TrainConfig, attempt: Attempt, exc: BaseException) -> No
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (always) plus TensorBoard / wandb when asked. Main process only."""
+    """``metrics.jsonl`` (always) plus the trackers of ``report_to`` through ``accelerate``. Main process only.
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, resume_step: int, wandb_id: str | None):
+    The trackers get the run's options (``tracker_config``) once at start-up and every numeric value of every
+    row at the row's step; ``accelerator.end_training()`` (``finish``) or ``end_trackers_after_error`` closes
+    them. ``wandb_id``: the W&B run this run logs to, kept in checkpoints so that a resumed run continues it.
+    """
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, accelerator, resume_step: int, wandb_id: str | None):
         self.path = run_dir / "metrics.jsonl"
         for path in (self.path, run_dir / "samples.jsonl"):
             if path.exists():  # drop rows a crashed run logged after its last checkpoint
                 rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= resume_step]
                 atomic_write_text(path, "".join(r + "\n" for r in rows))
-        self.tb = self.wandb = None
-        if "tensorboard" in cfg.report_to:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(run_dir / "tensorboard")
-        self.wandb_id = wandb_id
-        if "wandb" in cfg.report_to:
-            import wandb
-
-            self.wandb_id = wandb_id or wandb.util.generate_id()
-            self.wandb = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg), dir=str(run_dir),
-                                    id=self.wandb_id, resume="allow")
+        self.accelerator, self.wandb_id = accelerator, wandb_id
+        if cfg.report_to:
+            accelerator.init_trackers(cfg.wandb_project, config=tracker_config(cfg),
+                                      init_kwargs=tracker_init_kwargs(run_dir, resume_step, wandb_id))
+        if "wandb" in cfg.report_to:  # a fresh run: W&B chose the id
+            self.wandb_id = accelerator.get_tracker("wandb", unwrap=True).id
 
     def log(self, row: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.tb:
-            for k, v in numbers.items():
-                self.tb.add_scalar(k, v, row["step"])
-        if self.wandb:
-            self.wandb.log(numbers, step=row["step"])
+        self.accelerator.log(numbers, step=row["step"])
 
-    def close(self):
-        if self.tb:
-            self.tb.close()
-        if self.wandb:
-            self.wandb.finish()
+
+def tracker_config(cfg: TrainConfig) -> dict:
+    """The options as ``{name: bool | int | float | str}`` for the trackers: dicts flattened to ``name.key``,
+    lists and empty dicts as JSON text. (TensorBoard's hparams take scalars only; anything else would fail or
+    be dropped.)"""
+    flat = {}
+
+    def put(name: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                put(f"{name}.{key}", inner)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value, default=str)
+
+    for name, value in dataclasses.asdict(cfg).items():
+        put(name, value)
+    return flat
+
+
+def tracker_init_kwargs(run_dir: Path, resume_step: int, wandb_id: str | None) -> dict:
+    """``init_kwargs`` of ``accelerator.init_trackers``: a resumed run continues its W&B run (``wandb_id``;
+    W&B files in ``RUN_DIR/wandb`` unless ``WANDB_DIR`` says otherwise) and hides TensorBoard events that a
+    crashed attempt logged after the resumed checkpoint (``purge_step``), as ``metrics.jsonl`` drops its rows."""
+    wandb = {"resume": "allow"} | ({"id": wandb_id} if wandb_id else {})
+    if not os.environ.get("WANDB_DIR"):
+        wandb["dir"] = str(run_dir)
+    tensorboard = {"purge_step": resume_step + 1} if resume_step else {}
+    return {"wandb": wandb, "tensorboard": tensorboard}
+
+
+def end_trackers_after_error(accelerator) -> None:
+    """Close the trackers of a run that failed: their files are complete, W&B marks the run failed, and a
+    later ``train()`` in this process starts its own. A failure to close is only warned about: the run's own
+    error is the one to report."""
+    for tracker in accelerator.trackers if accelerator is not None else []:
+        try:
+            if tracker.name == "wandb":
+                tracker.tracker.finish(exit_code=1)
+            else:
+                tracker.finish()
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"closing the {tracker.name} tracker after the error failed: {exc}", stacklevel=2)
+    if accelerator is not None:
+        accelerator.trackers.clear()
 
 
 # ---------------------------------------------------------------------------- model and data
@@ -693,23 +731,29 @@ def finish(run: Run, state: TrainState, stopping: bool, data_ended: bool) -> Non
                   "world_size": run.accelerator.num_processes, "param_checksums": checksums,
                   "ranks_identical": len(set(checksums)) == 1}
         atomic_write_json(run.run_dir / "status.json", status)
-        run.log.close()
         print(f"asarm train: {status['state']} at step {state.step}; run directory {run.run_dir}", file=sys.stderr)
     run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()  # closes the trackers (main process), then the process group
 
 
 # ---------------------------------------------------------------------------- start-up
 def make_accelerator(cfg: TrainConfig):
-    """``(Accelerator, precision)``; precision ``auto`` = bf16 on GPUs that have it, else fp16 on GPUs, else no."""
+    """``(Accelerator, precision)``; precision ``auto`` = bf16 on GPUs that have it, else fp16 on GPUs, else no.
+
+    The trackers of ``report_to`` are set up here and started by ``MetricsLog``; TensorBoard writes under
+    ``RUN_DIR/tensorboard/`` (in the folder named by ``wandb_project``)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     precision = cfg.mixed_precision
     if precision == "auto":
         cuda = torch.cuda.is_available() and not cfg.cpu
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    run_dir = Path(cfg.output_dir)
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))
     accelerator = Accelerator(mixed_precision=precision, cpu=cfg.cpu, step_scheduler_with_optimizer=False,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+                              log_with=cfg.report_to or None, project_config=project)
     return accelerator, precision
 
 
@@ -734,7 +778,7 @@ def start(cfg: TrainConfig, attempt: Attempt) -> tuple[Run, TrainState]:
     ckpt = search.checkpoint
     changes = check_resume_config(cfg, ckpt) if ckpt is not None else {}
     accelerator, precision = make_accelerator(cfg)
-    attempt.main = accelerator.is_main_process
+    attempt.main, attempt.accelerator = accelerator.is_main_process, accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     num_slots = world * cfg.grad_accum
     max_steps = cfg.max_steps or max(1, cfg.train_sequences // (cfg.batch_size * num_slots))
@@ -778,7 +822,7 @@ def open_run_dir(run: Run, state: TrainState, attempt: Attempt, changes: dict) -
                                                     "checkpoint": state.saved_step})
     attempt.wrote_status = True
     clean_temporaries(run.run_dir)
-    run.log = MetricsLog(run.run_dir, run.cfg, state.step, state.wandb_id)
+    run.log = MetricsLog(run.run_dir, run.cfg, run.accelerator, state.step, state.wandb_id)
     state.wandb_id = run.log.wandb_id
 
 
@@ -802,6 +846,7 @@ def train(cfg: TrainConfig, *, after_step: Callable[[TrainState], None] | None =
             finish(run, state, stopping, data_ended)
         except BaseException as exc:
             record_failure(cfg, attempt, exc)
+            end_trackers_after_error(attempt.accelerator)
             raise
     return run.run_dir
 

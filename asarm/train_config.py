@@ -98,8 +98,10 @@ class TrainConfig:
     sample_rows: int = opt(2, "held-out sequences completed with ASSD at every evaluation")
     sample_rate: float = opt(0.95, "masking rate of the ASSD samples")
     sample_k: int = opt(5, "ASSD draft length")
-    report_to: list = opt([], "extra loggers: tensorboard, wandb")
-    wandb_project: str = opt("asarm", "wandb project")
+    report_to: list = opt([], "trackers besides metrics.jsonl, any that accelerate supports: tensorboard "
+                              "(RUN_DIR/tensorboard/), wandb, mlflow, comet_ml, aim, clearml, dvclive, ...")
+    wandb_project: str = opt("asarm", "project name of the trackers (W&B project; TensorBoard: the folder "
+                                      "under RUN_DIR/tensorboard/)")
     progress: bool = opt(True, "tqdm progress bar on the main process")
 
     # ------------------------------------------------------------------ construction
@@ -235,14 +237,21 @@ def _check_rates(cfg: TrainConfig) -> None:
 
 
 def _check_loggers(report_to: list) -> None:
-    unknown = set(report_to) - {"tensorboard", "wandb"}
+    """Every ``report_to`` entry must be a tracker ``accelerate`` knows and whose package is installed
+    (``accelerate`` itself would silently drop an uninstalled one)."""
+    if not report_to:
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    known = sorted(LOGGER_TYPE_TO_CLASS)
+    unknown = [name for name in report_to if name not in known]
     if unknown:
-        raise ValueError(f"report_to accepts tensorboard and wandb, got {sorted(unknown)}")
+        raise ValueError(f"report_to: unknown tracker(s) {unknown}; accelerate supports {', '.join(known)}")
+    installed = {str(t) for t in get_available_trackers()}
     for name in report_to:
-        try:
-            __import__("torch.utils.tensorboard" if name == "tensorboard" else "wandb")
-        except ImportError as exc:
-            raise ValueError(f"report_to {name}: the package is not installed ({exc})") from exc
+        if name not in installed:  # every tracker's PyPI package has the tracker's name
+            raise ValueError(f"report_to {name}: the {name} package is not installed; `pip install {name}`, "
+                             f"or drop {name} from report_to")
 
 
 # ---------------------------------------------------------------------------- what a resume may change

@@ -56,8 +56,10 @@ def _imports_done():
 
 @pytest.fixture
 def online_but_unreachable(monkeypatch):
-    """Offline mode unset, the network down (conftest's socket block refuses every outside connect)."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    """Offline mode unset, the network down (conftest's socket block refuses every outside connect; no proxy,
+    which might be on this machine and reach the hub)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HTTP_PROXY", "http_proxy",
+                "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -177,6 +177,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_model):
     (dict(batch_size=0), "batch_size must be at least 1"),
     (dict(objective="diffusion"), "objective must be one of"),
     (dict(resume="true"), "no intact checkpoint"),
+    (dict(report_to=["tensorbord"]), "unknown tracker"),
 ])
 def test_bad_input_fails_before_training(tmp_path, change, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
