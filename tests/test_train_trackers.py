@@ -192,3 +192,22 @@ def test_tracker_config_is_every_option_as_a_scalar():
     assert flat["eval_rates"] == "[0.5, 0.9]" and flat["report_to"] == "[]" and flat["seq_len"] == 512
     assert tracker_config(TrainConfig())["model_config"] == "{}"  # an empty dict is kept, as text
     assert {k.split(".")[0] for k in flat} == set(cfg.__dataclass_fields__)
+
+
+def test_the_tiny_cpu_recipe_runs_with_both_trackers(tmp_path, wandb_offline):
+    """``configs/tiny_cpu.yaml`` as a user runs it, with TensorBoard and W&B (offline) at once."""
+    pytest.importorskip("tensorboard", reason="report_to tensorboard needs the tensorboard package")
+    from asarm.train_config import TrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    cfg = TrainConfig.load(str(recipe), {"output_dir": str(tmp_path / "tiny"), "max_steps": 2, "log_steps": 1,
+                                         "save_steps": 2, "eval_steps": 0, "sample_rows": 1, "progress": False,
+                                         "report_to": ["tensorboard", "wandb"]})
+    run = train(cfg)
+    losses = _losses(run)
+    assert tb_scalars(run, "loss", project=cfg.wandb_project) == [
+        (s, pytest.approx(v, rel=1e-6)) for s, v in sorted(losses.items())]
+    (folder,) = wandb_offline.glob("offline-run-*")
+    config, logged, exit_code = wandb_logged(folder)
+    assert logged == pytest.approx(losses, rel=1e-6) and exit_code == 0
+    assert config["model_config.d_model"] == 64 and config["dataset"] == "stdlib"
