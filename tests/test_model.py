@@ -203,3 +203,26 @@ def test_a_tokenizer_with_another_pipeline_is_named(tmp_path, local_tokenizer):
     assert "differs from the one this model was trained with" in tokenizer_mismatch(config, drifted)
     del config.asarm_tokenizer_pipeline  # a released checkpoint: checked against XLNet's pipeline
     assert "WhitespaceSplit" in tokenizer_mismatch(config, drifted)
+
+
+# joint_log_prob of the fixture run's model (tests/fixtures/run_transformers4, written under
+# transformers 4.44) on the inputs of test_xlnets_numbers_are_the_same_on_either_major, as
+# transformers 4.44 computes them (one thread)
+PINNED_JOINT_LOG_PROB = [-62.37066650390625, -51.467437744140625, -39.73434829711914, -22.831207275390625]
+
+
+def test_xlnets_numbers_are_the_same_on_either_major(one_thread):
+    """The model-side drift guard: a checkpoint written under transformers 4 scores the same
+    rows to the same log-likelihoods under the installed major (a refactor of XLNet's forward
+    in a later release fails here instead of moving the tables)."""
+    from pathlib import Path
+
+    ckpt = Path(__file__).parent / "fixtures" / "run_transformers4" / "checkpoints" / "step_00000002"
+    model = ASARM.from_pretrained(str(ckpt))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(SPECIALS, model.vocab_size, (4, 12), generator=g)
+    m = torch.tensor([1, 3, 5, 8])
+    sigma = torch.cat([orders.random_sorted_order(2, 12, m[:2], generator=g),
+                       orders.random_order(2, 12, generator=g)])
+    got = model.joint_log_prob(x, sigma, m)
+    assert torch.allclose(got, torch.tensor(PINNED_JOINT_LOG_PROB), rtol=0, atol=1e-4), got.tolist()
