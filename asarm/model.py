@@ -36,7 +36,8 @@ from .tokenizer import (XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, pipeline_
 # (plain XLNet ignores them, so the directory still loads as XLNetLMHeadModel).
 _CFG_MASK = "asarm_mask_token_id"
 _CFG_BANNED = "asarm_banned_token_ids"
-_CFG_PIPELINE = "asarm_tokenizer_pipeline"  # tokenizer.pipeline_fingerprint of the training tokenizer
+# tokenizer.pipeline_fingerprint of the tokenizer the model was saved with
+_CFG_PIPELINE = "asarm_tokenizer_pipeline"
 
 
 @contextmanager
@@ -150,7 +151,7 @@ class ASARM(nn.Module):
         if dtype is not None:  # 5.x names it dtype, 4.x torch_dtype
             kwargs["dtype" if transformers_major() >= 5 else "torch_dtype"] = dtype
         xlnet = load_or_explain(XLNetLMHeadModel.from_pretrained, name_or_path, revision, "model", **kwargs)
-        if dtype is not None:  # XLNet's raw parameters (r_w_bias, mask_emb, ...) stay float32 otherwise
+        if dtype is not None:  # XLNet's raw parameters (r_w_bias, mask_emb, ...) stay fp32 otherwise
             xlnet = xlnet.to(dtype)
         saved = getattr(xlnet.config, _CFG_BANNED, None) is not None
         # ids saved with an AS-ARM checkpoint win (e.g. a code model that samples whitespace specials)
