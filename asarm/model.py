@@ -29,8 +29,8 @@ from .orders import check_order, joint_mask, target_mapping
 from .acceptance import check_probabilities, masked_tempered_logits
 from .sampling import check_temperature
 from .tokenizer import (XLNET_DEFAULT_BANNED_IDS, XLNET_MASK_TOKEN_ID, pipeline_fingerprint,
-                        save_tokenizer, special_ids, transformers_major,
-                        xlnet_pipeline_drift)
+                        save_tokenizer, special_ids, xlnet_pipeline_drift)
+from .utils import load_dtype_kwargs
 
 # Keys under which the AS-ARM's own settings travel inside XLNet's config.json
 # (plain XLNet ignores them, so the directory still loads as XLNetLMHeadModel).
@@ -144,15 +144,15 @@ class ASARM(nn.Module):
         pass a local directory. Any directory written by
         ``XLNetLMHeadModel.save_pretrained`` loads; the mask and banned ids come
         from the config an ``ASARM`` saved, else from ``tokenizer`` if given,
-        else XLNet's defaults.
+        else XLNet's defaults. ``dtype`` (default float32, whatever dtype the
+        checkpoint was saved in) applies to every parameter.
         """
         from transformers import XLNetLMHeadModel
 
-        if dtype is not None:  # 5.x names it dtype, 4.x torch_dtype
-            kwargs["dtype" if transformers_major() >= 5 else "torch_dtype"] = dtype
+        dtype = dtype or torch.float32  # not the saved dtype, which 5.x would take unasked
+        kwargs.update(load_dtype_kwargs(dtype))
         xlnet = load_or_explain(XLNetLMHeadModel.from_pretrained, name_or_path, revision, "model", **kwargs)
-        if dtype is not None:  # XLNet's raw parameters (r_w_bias, mask_emb, ...) stay fp32 otherwise
-            xlnet = xlnet.to(dtype)
+        xlnet = xlnet.to(dtype)  # XLNet's raw parameters (r_w_bias, mask_emb, ...) are left in fp32
         saved = getattr(xlnet.config, _CFG_BANNED, None) is not None
         # ids saved with an AS-ARM checkpoint win (e.g. a code model that samples whitespace specials)
         mask, banned = special_ids(tokenizer) if tokenizer is not None and not saved else (None, None)

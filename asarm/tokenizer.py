@@ -137,14 +137,9 @@ def transformers_version() -> str:
     return version("transformers")
 
 
-def transformers_major() -> int:
-    """The installed transformers major version (4 or 5)."""
-    return int(transformers_version().split(".")[0])
-
-
 def has_slow_tokenizer() -> bool:
     """True when transformers ships the slow SentencePiece ``XLNetTokenizer`` (major 4 only)."""
-    return transformers_major() < 5
+    return int(transformers_version().split(".")[0]) < 5
 
 
 def _read_spiece(model_file: str):

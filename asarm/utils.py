@@ -84,6 +84,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return table[name]
 
 
+def transformers_major() -> int:
+    """The installed transformers major version (4 or 5), from the package metadata (no import)."""
+    from importlib.metadata import version
+
+    return int(version("transformers").split(".")[0])
+
+
+def load_dtype_kwargs(dtype: torch.dtype | None = None) -> dict:
+    """The ``from_pretrained`` keyword for loading weights in ``dtype`` (default float32) on either
+    transformers major: 4.x calls it ``torch_dtype``, 5.x ``dtype`` and, unasked, loads the dtype
+    the checkpoint was saved in where 4.x loaded float32."""
+    return {"dtype" if transformers_major() >= 5 else "torch_dtype": dtype or torch.float32}
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it where ``/proc`` allows (no window for other threads)."""
     try:

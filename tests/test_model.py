@@ -185,6 +185,16 @@ def test_from_pretrained_dtype_casts_every_parameter(tmp_path, local_tokenizer):
     assert not (out.sequences == bf16.mask_token_id).any() and (out.nfe > 0).all()
 
 
+def test_a_checkpoint_saved_in_bf16_loads_in_fp32_unless_asked(tmp_path, local_tokenizer):
+    """transformers 5 loads a checkpoint in the dtype its config records; asarm keeps 4.x's
+    float32 default on both majors, so the numbers do not depend on how a model was saved."""
+    model = ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
+    ASARM(model.xlnet.to(torch.bfloat16)).save_pretrained(tmp_path / "bf16")
+    assert {p.dtype for p in ASARM.from_pretrained(str(tmp_path / "bf16")).parameters()} == {torch.float32}
+    half = ASARM.from_pretrained(str(tmp_path / "bf16"), dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
 def test_a_tokenizer_with_another_pipeline_is_named(tmp_path, local_tokenizer):
     """The pipeline the model was trained with travels in config.json; a tokenizer that splits
     text another way (transformers 5's own XLNet pipeline) is reported, the same one is not."""

@@ -132,13 +132,15 @@ def load_judge(name_or_path: str, device=None, revision: str | None = None):
 
     from ..hub import load_or_explain
     from ..tokenizer import load_tokenizer
+    from ..utils import load_dtype_kwargs
 
     config = load_or_explain(AutoConfig.from_pretrained, name_or_path, revision, "judge config")
     check_causal_lm_config(config)
     # the pipeline of the judge's tokenizer.json on either transformers major (5.x rebuilds
     # GPT-2's from its class), so generative perplexity is computed on the same token streams
     tokenizer = load_tokenizer(name_or_path, revision)
-    model = load_or_explain(AutoModelForCausalLM.from_pretrained, name_or_path, revision, "judge model")
+    model = load_or_explain(AutoModelForCausalLM.from_pretrained, name_or_path, revision, "judge model",
+                            **load_dtype_kwargs())
     return model.to(device).eval(), tokenizer
 
 
