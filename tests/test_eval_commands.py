@@ -190,6 +190,39 @@ def test_infill_code_canonical_self_check(shared_data, tmp_path):
     assert _results(out)["results"]["pass@1"] == 100.0
 
 
+@pytest.mark.parametrize("command,method,data", [
+    ("infill-nlp", "oracle", "rocstories/cloze_test_val__spring2016.csv"),
+    ("infill-code", "oracle", "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz"),
+    ("infill-code", "canonical", "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz")])
+def test_self_checks_run_without_a_model(command, method, data, shared_data, tmp_path, capsys):
+    """oracle and canonical load no model (a --model that does not exist is never opened): oracle uses the
+    offline tokenizer unless --tokenizer names one; the header and config.json say no model was used."""
+    out = tmp_path / method
+    args = [command, "--method", method, "--model", str(tmp_path / "no-such-model"), "--data",
+            str(shared_data / data), "--limit", "3", "--output-dir", str(out), "--no-progress", "--threads", "1"]
+    args += ["--trials", "1"] if command == "infill-nlp" else ["--workers", "2"]
+    assert main(args) == 0, capsys.readouterr().err
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "no model (self-check)" in header and "no-such-model" not in header
+    assert ("the offline tokenizer" in header) == (method == "oracle")
+    cfg = _results(out)["config"]
+    assert cfg["model"] == "none (self-check)" and cfg["revision"] is None
+    assert cfg["tokenizer"] == ("offline" if method == "oracle" else None)
+    res = _results(out)["results"]
+    score = res["middle"]["rouge_mean"] if command == "infill-nlp" else res["pass@1"]
+    assert score == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("command,data", [
+    ("infill-nlp", "rocstories/cloze_test_val__spring2016.csv"),
+    ("infill-code", "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz")])
+def test_a_self_check_tokenizer_that_does_not_load_names_tokenizer(command, data, shared_data, tmp_path, capsys):
+    code = main([command, "--method", "oracle", "--tokenizer", str(tmp_path / "missing"), "--output-dir",
+                 str(tmp_path / "o"), "--data", str(shared_data / data), "--limit", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tokenizer" in err and "missing" in err and "Traceback" not in err
+
+
 def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
     from asarm.evaluation.infill_code import build_inputs, completion_text
 
