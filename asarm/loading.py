@@ -44,9 +44,13 @@ def device_argument(name: str) -> str:
 
 
 def resolve_revision(args) -> None:
-    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch)."""
-    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID:
-        args.revision = args.asarm_revision
+    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch).
+
+    ``args.asarm_revision`` (the command's default for that repository) is removed: it is not a setting of the
+    run, and a run of another model must not record it."""
+    default = vars(args).pop("asarm_revision", None)
+    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID and default:
+        args.revision = default
 
 
 def tokenizer_for(model: str, revision: str | None = None, tokenizer: str | None = None):

@@ -65,6 +65,26 @@ def test_default_revision_only_for_the_released_asarm_repo():
     assert revision("infill-code") == "code"
     assert revision("infill", "--model", "xlnet/xlnet-base-cased", "--text", "x") is None
     assert revision("infill", "--revision", "code", "--text", "x") == "code"
+    args = build_parser().parse_args(["speculative", "--model", "some/local-dir"])
+    resolve_revision(args)  # the released repository's default revision is no setting of another model's run
+    assert args.revision is None and "asarm_revision" not in vars(args)
+
+
+def test_version_and_one_threads_rule_on_every_command_that_runs_a_model():
+    from asarm import __version__
+    from asarm.cli import build_parser
+    from asarm.utils import THREADS_HELP
+
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"asarm {__version__}"
+    rule = THREADS_HELP.split(";")[1].strip()  # "0: torch's default, one per core"
+    for command, default in [("infill", 0), ("train", 0), ("speculative", 0), ("infill-nlp", 0),
+                             ("infill-code", 0), ("density", 0), ("quickstart", 1)]:
+        argv = [command] + {"infill": ["--text", "x"], "density": ["--task", "lambada"]}.get(command, [])
+        assert build_parser().parse_args(argv).threads == default, command
+        text = " ".join(run_cli(command, "--help").stdout.split())
+        assert rule in text, command
+    assert "%%" not in run_cli("speculative", "--help").stdout
 
 
 def test_encode_masked_text(local_tokenizer):

@@ -122,3 +122,14 @@ def test_cuda_requested_without_cuda_stops_with_a_message():
                            "--out", os.devnull], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr
+
+
+def test_without_cuda_the_full_sizes_are_refused_or_replaced_by_quick(capsys):
+    check = load_gpu_check()
+    cpu = torch.device("cpu")
+    assert check.choose_sizes("auto", cpu, quick=False) == "quick"  # said on stderr
+    assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="add --quick"):
+        check.choose_sizes("cpu", cpu, quick=False)
+    assert check.choose_sizes("cpu", cpu, quick=True) == "quick"
+    assert check.choose_sizes("cuda", torch.device("cuda"), quick=False) == "full"
