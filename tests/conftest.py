@@ -100,9 +100,21 @@ def tiny_model(local_tokenizer):
     return ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def peaked_model(local_tokenizer):
+    """A tiny random ASARM whose conditionals are peaked and context-dependent (initializer range 0.6):
+    drafts get rejected, tempering changes them, adaptive k moves."""
+    from asarm import ASARM
+
+    return ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64,
+                             initializer_range=0.6, seed=1)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models train ~10x faster on one thread than on two when other jobs share the cores."""
+    """One torch thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models train ~10x faster on one thread than on two when other jobs share the cores, and every run of
+    the module does the same arithmetic (the thread count changes float sums, so the weights)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,13 +1,13 @@
-"""python -m asarm.checkpoint: verify takes a run's checkpoints folder, and suggests adopt only where it works."""
+"""python -m asarm.checkpoint: verify takes a run's checkpoints folder; adopt is suggested only
+where it works."""
 
-import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
-from asarm.checkpoint import REQUIRED, verify_checkpoint, write_manifest
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from asarm.checkpoint import REQUIRED, verify_checkpoint, write_manifest
 
 
 def _checkpoint(folder: Path, manifest: bool = True) -> Path:
@@ -19,13 +19,24 @@ def _checkpoint(folder: Path, manifest: bool = True) -> Path:
     return folder
 
 
-def _cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "asarm.checkpoint", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=120)
+class _Result:
+    def __init__(self, returncode, stdout):
+        self.returncode, self.stdout = returncode, stdout
 
 
-def test_verify_a_checkpoints_folder_checks_each_step_and_adopt_is_suggested_only_where_it_works(tmp_path):
+@pytest.fixture
+def _cli(monkeypatch, capsys):
+    """``python -m asarm.checkpoint ARGS``, run in this process."""
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["asarm.checkpoint", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_module("asarm.checkpoint", run_name="__main__", alter_sys=False)
+        return _Result(exc.value.code, capsys.readouterr().out)
+    return run
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_verify_checks_each_step_of_a_folder_and_suggests_adopt_only_where_it_works(tmp_path, _cli):
     ckpts = tmp_path / "run" / "checkpoints"
     _checkpoint(ckpts / "step_00000002")
     old = _checkpoint(ckpts / "step_00000004", manifest=False)

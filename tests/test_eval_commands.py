@@ -16,6 +16,7 @@ from conftest import FAST, _results, _samples, _spec_args, _without_time  # noqa
 
 
 # ---------------------------------------------------------------------------- speculative
+@pytest.mark.slow
 def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp_path):
     out = tmp_path / "spec"
     assert main(_spec_args(tiny_model_dir, wiki_subset, out, "--judge", str(tiny_judge_dir))) == 0
@@ -34,6 +35,7 @@ def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp
     assert {"nfe", "prompt", "text", "ppl", "entropy", "model_nll"} <= set(rec)
 
 
+@pytest.mark.slow
 def test_speculative_paper_protocol_end_to_end(tiny_model_dir, shared_data, local_tokenizer, tmp_path):
     """--protocol paper: rows with specials, no chunk reuse, int(frac N) + 1 visible, judged text with
     specials, only <mask> banned, both decoders timed; config.json records every resolved setting."""
@@ -80,6 +82,7 @@ def test_speculative_without_judge_still_runs(tiny_model_dir, wiki_subset, tmp_p
     assert "n/a (judge 'gpt2-large' not loaded" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_and_shards_give_the_same_numbers(tiny_model_dir, wiki_subset, tmp_path, monkeypatch):
     from asarm.evaluation import speculative
 
@@ -124,6 +127,7 @@ def _config(out):
     return json.loads((Path(out) / "config.json").read_text())["config"]
 
 
+@pytest.mark.slow
 def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
     from asarm.evaluation.metrics import rouge_f1
 
@@ -144,6 +148,7 @@ def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
     assert mid["reference"].startswith("It wasn't long") and mid["suffix"].endswith("He is happy now.")
 
 
+@pytest.mark.slow
 def test_infill_nlp_oracle_under_the_paper_protocol(tiny_model_dir, shared_data, tmp_path):
     """--protocol paper: k 10, only <mask> banned, bootstrap mid without stemmer, all recorded; oracle = 100."""
     out = tmp_path / "paper"
@@ -235,6 +240,7 @@ def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
         assert completion_text(inputs["middle"], inputs, local_tokenizer, True) == problem["canonical_solution"]
 
 
+@pytest.mark.slow
 def test_infill_code_oracle_end_to_end(tiny_model_dir, shared_data, tmp_path):
     """The oracle goes through the CLI's whole path; every task of the slice comes back and passes."""
     out = tmp_path / "oracle"
@@ -375,6 +381,7 @@ def test_local_shards_get_one_visible_gpu_each(tmp_path):
     assert gpus == {"4", "6", "7"}
 
 
+@pytest.mark.slow
 def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path):
     res = _launch("_run_speculative_decoding.sh", {"MODEL": str(tiny_model_dir), "DATA": str(wiki_subset),
                   "SEQ_LEN": "16", "TRIALS": "2", "JUDGE": "none", "NUM_SHARDS": "2", "OUT": str(tmp_path / "s")}, tmp_path)
