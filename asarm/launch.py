@@ -1,4 +1,4 @@
-"""``python -m asarm.launch TORCHRUN_ARGS``: torchrun (``torch.distributed.run``) as ``_run_training.sh`` uses it.
+"""``python -m asarm.launch ARGS``: torchrun (``torch.distributed.run``) for ``_run_training.sh``.
 
 The same options and behaviour as ``torchrun``, except when a training process
 fails: it has already printed its own one-line error (``asarm train: error: ...``),
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    # torchrun logs every failure at ERROR level ("failed (exitcode: 2) local_rank: 0 ..."): said once below
+    # torchrun logs each failure at ERROR level ("failed (exitcode: 2) ..."): said once below
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"asarm.launch: training process {rank} was killed by {name}", file=sys.stderr)
             return 1
         if code != USER_ERROR:
-            print(f"asarm.launch: training process {rank} exited with status {code}", file=sys.stderr)
+            print(f"asarm.launch: training process {rank} exited with status {code}",
+                  file=sys.stderr)
         return code or 1
     return 0
 

@@ -1,4 +1,4 @@
-"""Code infilling on HumanEval-infilling (docs/design.md, Evaluations; docs/protocol-code.md).
+"""Code infilling on HumanEval-infilling (docs/design.md, Evaluations; docs/protocols.md).
 
 Each task's masked middle gets exactly as many mask tokens as its canonical
 solution has (after the code whitespace mapping of ``asarm.tokenizer``:

@@ -1,4 +1,4 @@
-"""Story infilling on ROCStories (docs/design.md, Evaluations; docs/protocol-nlp.md).
+"""Story infilling on ROCStories (docs/design.md, Evaluations; docs/protocols.md).
 
 Each story is sentences 1-4 plus its right ending (sentence 5). Two settings:
 
