@@ -112,7 +112,8 @@ def verify_checkpoint(directory: Path) -> str | None:
         # (a save in progress lives in .tmp-step_X and gets its manifest before the rename to step_X)
         if not STEP_DIR.match(directory.name):
             return (f"{MANIFEST} is missing: '{directory}' is not a checkpoint directory "
-                    "(checkpoints/step_XXXXXXXX); give one, or a run's checkpoints folder to check each of its steps")
+                    "(checkpoints/step_XXXXXXXX); give one, or a run's checkpoints folder to check "
+                    "each of its steps")
         return (f"{MANIFEST} is missing (deleted, or a checkpoint from before manifests: `python -m "
                 f"asarm.checkpoint adopt {directory}` writes one if you trust its files)")
     try:
@@ -285,7 +286,8 @@ def adopt(directory: Path) -> dict:
 
 
 def checkpoint_dirs(paths: list[str]) -> list[str]:
-    """``paths`` with each run folder or checkpoints folder replaced by its ``step_*`` checkpoints (for verify)."""
+    """``paths`` with each run folder or checkpoints folder replaced by its ``step_*`` checkpoints
+    (for verify)."""
     out = []
     for arg in paths:
         folder = Path(arg)

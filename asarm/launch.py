@@ -13,13 +13,13 @@ import logging
 import signal
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+
 USER_ERROR = 2  # asarm's exit status for an error it explained (asarm.cli.main)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
     # torchrun logs each failure at ERROR level ("failed (exitcode: 2) ..."): said once below
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     try:

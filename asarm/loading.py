@@ -44,12 +44,14 @@ def device_argument(name: str) -> str:
 
 
 def resolve_revision(args) -> None:
-    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch).
+    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default
+    branch).
 
-    ``args.asarm_revision`` (the command's default for that repository) is removed: it is not a setting of the
-    run, and a run of another model must not record it."""
+    ``args.asarm_revision`` (the command's default for that repository) is removed: it is not a
+    setting of the run, and a run of another model must not record it."""
     default = vars(args).pop("asarm_revision", None)
-    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID and default:
+    released = getattr(args, "model", None) == ASARM_HUB_ID
+    if getattr(args, "revision", "") is None and released and default:
         args.revision = default
 
 
@@ -84,7 +86,8 @@ NO_MODEL = "none (self-check)"  # what a self-check records as its model
 
 
 def offline_tokenizer():
-    """The offline XLNet-pipeline tokenizer that ``--model tiny`` uses (vocabulary 1000, trained on the stdlib)."""
+    """The offline XLNet-pipeline tokenizer that ``--model tiny`` uses (vocabulary 1000, trained on
+    the stdlib)."""
     from .data import stdlib_texts
     from .tokenizer import build_local_tokenizer
 
@@ -92,9 +95,9 @@ def offline_tokenizer():
 
 
 def load_tokenizer_alone(args):
-    """The tokenizer of a self-check that runs no model (``--method oracle``): ``--tokenizer`` if given, else
-    the offline one. Sets ``args.model`` / ``args.revision`` to say that no model was used, and
-    ``args.tokenizer`` to what was used, so that config.json and the results' header say so."""
+    """The tokenizer of a self-check that runs no model (``--method oracle``): ``--tokenizer`` if
+    given, else the offline one. Sets ``args.model`` / ``args.revision`` to say that no model was
+    used, and ``args.tokenizer`` to what was used, so that config.json and the header say so."""
     from .tokenizer import load_tokenizer
 
     args.model, args.revision = NO_MODEL, None
@@ -104,8 +107,8 @@ def load_tokenizer_alone(args):
     try:
         return load_tokenizer(args.tokenizer)
     except (OSError, ValueError) as exc:
-        raise OSError(f"--tokenizer '{args.tokenizer}' could not be loaded ({exc}); pass a tokenizer directory "
-                      f"or hub id, or leave --tokenizer out for the offline tokenizer") from exc
+        raise OSError(f"--tokenizer '{args.tokenizer}' could not be loaded ({exc}); pass a tokenizer "
+                      "directory or hub id, or leave --tokenizer out for the offline tokenizer") from exc
 
 
 def mark_no_model(args) -> None:
@@ -114,11 +117,12 @@ def mark_no_model(args) -> None:
 
 
 def describe_model(config: dict) -> str:
-    """A results header's words for the model of a recorded config: ``model NAME (REVISION)``, or for a
-    self-check ``no model (self-check), tokenizer ...``."""
+    """A results header's words for the model of a recorded config: ``model NAME (REVISION)``, or
+    for a self-check ``no model (self-check), tokenizer ...``."""
     if config.get("model") == NO_MODEL:
         tokenizer = config.get("tokenizer")
-        used = "the offline tokenizer" if tokenizer == OFFLINE_TOKENIZER else f"tokenizer {tokenizer}"
+        offline = tokenizer == OFFLINE_TOKENIZER
+        used = "the offline tokenizer" if offline else f"tokenizer {tokenizer}"
         return f"no model (self-check), {used}" if tokenizer else "no model (self-check)"
     return f"model {config.get('model')} ({config.get('revision')})"
 

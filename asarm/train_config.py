@@ -3,8 +3,8 @@ may change (docs/design.md, Training state).
 
 * ``TrainConfig``: every option, with its default and ``--help`` text; ``TrainConfig.load(path, overrides)``
   reads a YAML file (a run directory's ``config.yaml`` included) and applies ``--key value`` overrides.
-* ``load_recipe``: a YAML recipe's options with ``inherit: BASE.yaml`` resolved (a recipe names its base and
-  holds only what it changes); ``python -m asarm.train_config FILE [KEY]`` prints the resolved recipe.
+* ``load_recipe``: a YAML recipe's options with ``inherit: BASE.yaml`` resolved (a recipe names its
+  base and holds only what it changes); ``python -m asarm.train_config FILE [KEY]`` prints them.
 * ``check_config``: raises ``ValueError`` for settings that cannot train. ``asarm.train.train`` runs it once,
   first, before any model is loaded or any file written.
 * ``RESUME_MAY_CHANGE`` / ``config_differences`` / ``check_resume_config``: the options that define a run and
@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -338,17 +339,16 @@ def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m asarm.train_config FILE [KEY]``: the options FILE resolves to (``inherit`` applied, every
-    default filled in) as YAML, or the value of one KEY."""
-    import sys
-
+    """``python -m asarm.train_config FILE [KEY]``: the options FILE resolves to (``inherit``
+    applied, every default filled in) as YAML, or the value of one KEY."""
     parser = argparse.ArgumentParser(prog="python -m asarm.train_config", description=main.__doc__)
     parser.add_argument("file", help="a recipe (YAML), e.g. configs/ablation_parallel.yaml")
     parser.add_argument("key", nargs="?", help="print only this option's value")
     args = parser.parse_args(argv)
     try:
         cfg = TrainConfig.load(args.file)
-        if args.key is not None and args.key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        if args.key is not None and args.key not in known:
             raise ValueError(f"unknown option '{args.key}'; `asarm train --help` lists them all")
     except (ValueError, OSError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

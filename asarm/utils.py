@@ -16,8 +16,9 @@ DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N = GPU index) or mps"
 _DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-THREADS_HELP = ("CPU threads torch uses (default: %(default)s; 0: torch's default, one per core; on a shared or "
-                "busy CPU, and for tiny models, 1 to 4 threads are often much faster)")
+THREADS_HELP = ("CPU threads torch uses (default: %(default)s; 0: torch's default, one per core; "
+                "on a shared or busy CPU, and for tiny models, 1 to 4 threads are often much "
+                "faster)")
 
 
 def add_threads_argument(p, default: int = 0) -> None:

@@ -61,16 +61,17 @@ BASELINE = "plain assd"
 
 # ---------------------------------------------------------------------------- setup
 def choose_sizes(choice: str, device: torch.device, quick: bool) -> str:
-    """``quick`` or ``full``. The full sizes (base model, N = 512) are for a CUDA device: without one,
-    ``--device auto`` falls back to the quick sizes (saying so) and ``--device cpu`` needs ``--quick``."""
+    """``quick`` or ``full``. The full sizes (base model, N = 512) are for a CUDA device: without
+    one, ``--device auto`` falls back to the quick sizes (saying so) and ``--device cpu`` needs
+    ``--quick``."""
     if quick or device.type == "cuda":
         return "quick" if quick else "full"
     if choice == "auto":
-        print("# no CUDA device: running the quick sizes on the CPU (the full check is for a CUDA device)",
-              file=sys.stderr, flush=True)
+        print("# no CUDA device: running the quick sizes on the CPU (the full check is for a CUDA "
+              "device)", file=sys.stderr, flush=True)
         return "quick"
-    raise SystemExit(f"--device {choice} without --quick: the full check (base model, N = 512) is for a CUDA "
-                     "device and takes hours on a CPU; add --quick for the tiny sizes")
+    raise SystemExit(f"--device {choice} without --quick: the full check (base model, N = 512) is "
+                     "for a CUDA device and takes hours on a CPU; add --quick for the tiny sizes")
 
 
 def pick_device(choice: str) -> torch.device:

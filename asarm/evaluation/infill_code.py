@@ -518,9 +518,9 @@ def register(sub) -> None:
                         "SingleLineInfilling/HumanEval/0/L3)")
     p.add_argument("--method", default=None, choices=["sequential", "assd", "ngram", "oracle", "canonical"],
                    help="sampling method (default: assd); 'oracle' writes the canonical middle's token ids in place of samples "
-                        "(tokenization, decoding and stitching self-check; no model: --tokenizer's or the offline "
-                        "tokenizer); 'canonical' runs the reference solutions untokenized (harness self-check; "
-                        "no model, no tokenizer)")
+                        "(tokenization, decoding and stitching self-check; no model: --tokenizer's or "
+                        "the offline tokenizer); 'canonical' runs the reference solutions untokenized "
+                        "(harness self-check; no model, no tokenizer)")
     add_protocol_argument(p)
     add_sampling_arguments(p, skip=("method",), defaults={"k": "from --protocol (asarm 5, paper 10)",
                                                           "ngram_draft": "from --protocol",

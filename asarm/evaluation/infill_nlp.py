@@ -181,7 +181,7 @@ def run(args) -> int:
     cfg = {k: getattr(args, k) for k in ("method", "order", "trials", "max_length", "rouge_stemmer")}
     cfg["sampling"] = sampling
 
-    if args.method == "oracle":  # no model: the tokenizer alone (before config.json records what was used)
+    if args.method == "oracle":  # no model: the tokenizer alone, before config.json records it
         tokenizer = load_tokenizer_alone(args)
 
         def make_process():
@@ -271,8 +271,9 @@ def register(sub) -> None:
     p.add_argument("--settings", nargs="+", default=["middle", "long"], choices=list(SETTINGS),
                    help="middle: infill sentence 3 given 1-2 and 4-5; long: infill 2-4 given 1 and 5")
     p.add_argument("--method", default="assd", choices=list(METHODS),
-                   help="sampler; 'oracle' writes the true middle instead (pipeline self-check, no model: "
-                        "--tokenizer's or the offline tokenizer; ROUGE 100 when the text round-trips)")
+                   help="sampler; 'oracle' writes the true middle instead (pipeline self-check, no "
+                        "model: --tokenizer's or the offline tokenizer; ROUGE 100 when the text "
+                        "round-trips)")
     p.add_argument("--banned", default=None, choices=["specials", "mask"],
                    help="ids never sampled: every special, or only <mask> (default: from --protocol)")
     p.add_argument("--order", default="sorted", choices=["sorted", "random"])

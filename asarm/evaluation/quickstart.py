@@ -112,6 +112,6 @@ def register(sub) -> None:
     p.add_argument("--visible-frac", type=float, default=0.05, help="(default: %(default)s)")
     p.add_argument("--k", type=int, default=None, help="ASSD draft length (default: SamplingConfig's, 5)")
     p.add_argument("--seed", type=int, default=0)
-    add_threads_argument(p, default=1)  # its models are tiny: 1 is the fastest, and the table's setting
+    add_threads_argument(p, default=1)  # tiny models: 1 is the fastest, and the table's setting
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""Speculative-decoding comparison (docs/design.md, Evaluations; docs/protocols.md; the paper's WikiText experiment).
+"""Speculative-decoding comparison, the paper's WikiText experiment (docs/design.md, docs/protocols.md).
 
 WikiText rows are tokenized with the AS-ARM's tokenizer, each followed by
 ``</s>``, and packed into ``--seq-len`` chunks. Trial ``t`` takes chunk ``t``,
