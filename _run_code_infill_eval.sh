@@ -13,29 +13,37 @@
 #   METHOD=canonical bash _run_code_infill_eval.sh                # harness self-check: 100% expected
 #   METHOD=oracle PROTOCOL=asarm bash _run_code_infill_eval.sh    # tokenizer round trip self-check: 100% expected
 set -euo pipefail
-cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")}"
+REPO="${ASARM_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
+[ -f "$REPO/asarm/cli.py" ] || REPO="${ASARM_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}"  # sbatch runs a copy of the script
+[ -f "$REPO/asarm/cli.py" ] || { echo "$(basename "$0"): '$REPO' is not the asarm repository;" \
+  "set ASARM_REPO=/path/to/asarm" >&2; exit 2; }
+source "$REPO/scripts/launcher.sh"
+launcher_eval_args "$0" "$@"  # --help: usage and variables, nothing started
+cd "$REPO"
 source scripts/eval_launch.sh
 
-MODEL=${MODEL:-therealgabeguo/ASARM}
-REVISION=${REVISION:-code}
-BENCHMARK=${BENCHMARK:-single-line}
-DATA_DIR=${DATA_DIR:-${ASARM_EVAL_DATA:-eval_datasets}/human-eval-infilling}
-METHOD=${METHOD:-assd}
-NUM_SAMPLES=${NUM_SAMPLES:-1}
-PROTOCOL=${PROTOCOL:-paper}
+MODEL=${MODEL:-therealgabeguo/ASARM}  # local directory, hub id, or tiny (a small random model, offline)
+REVISION=${REVISION:-code}  # hub revision of MODEL
+TOKENIZER=${TOKENIZER:-}  # tokenizer directory or hub id (empty: the model's; self-checks: the offline one)
+BENCHMARK=${BENCHMARK:-single-line}  # single-line, multi-line, random-span or random-span-light
+DATA_DIR=${DATA_DIR:-${ASARM_EVAL_DATA:-eval_datasets}/human-eval-infilling}  # folder of the HumanEval-infilling files
+METHOD=${METHOD:-assd}  # sequential, assd, ngram; oracle or canonical: self-checks (no model)
+NUM_SAMPLES=${NUM_SAMPLES:-1}  # samples per task (n of pass@k)
+PROTOCOL=${PROTOCOL:-paper}  # paper (the paper's released code) or asarm
 K=${K:-}  # empty: the protocol's (paper 10, asarm 5)
 TEMPERATURE=${TEMPERATURE:-}  # empty: 1.0
-HARNESS=${HARNESS:-auto}
-TIMEOUT=${TIMEOUT:-3.0}
-DEVICE=${DEVICE:-auto}
-SEED=${SEED:-0}
-OUT=${OUT:-outputs/infill_code_${BENCHMARK}_${METHOD}_${PROTOCOL}}
+HARNESS=${HARNESS:-auto}  # auto, official or builtin executor
+TIMEOUT=${TIMEOUT:-3.0}  # seconds per program
+DEVICE=${DEVICE:-auto}  # auto, cpu, cuda, cuda:1, ...
+SEED=${SEED:-0}  # base seed
+OUT=${OUT:-outputs/infill_code_${BENCHMARK}_${METHOD}_${PROTOCOL}}  # output directory (a rerun resumes it)
 K_ARGS=()
 [[ -n "$K" ]] && K_ARGS=(--k "$K")  # only what differs from the defaults (asarm.sampling.SamplingConfig)
 [[ -n "$TEMPERATURE" ]] && K_ARGS+=(--temperature "$TEMPERATURE")
+[[ -n "$TOKENIZER" ]] && K_ARGS+=(--tokenizer "$TOKENIZER")
 declare -A FILES=([single-line]=HumanEval-SingleLineInfilling.jsonl.gz [multi-line]=HumanEval-MultiLineInfilling.jsonl.gz
                   [random-span]=HumanEval-RandomSpanInfilling.jsonl.gz [random-span-light]=HumanEval-RandomSpanInfillingLight.jsonl.gz)
-DATA=${DATA:-$DATA_DIR/${FILES[$BENCHMARK]}}
+DATA=${DATA:-$DATA_DIR/${FILES[$BENCHMARK]}}  # problem file (default: BENCHMARK's file in DATA_DIR)
 
 run_eval "$OUT" infill-code --model "$MODEL" --revision "$REVISION" --benchmark "$BENCHMARK" --data "$DATA" \
   --method "$METHOD" --num-samples "$NUM_SAMPLES" --protocol "$PROTOCOL" "${K_ARGS[@]}" \

@@ -110,6 +110,10 @@ def verify_checkpoint(directory: Path) -> str | None:
     path = directory / MANIFEST
     if not path.is_file():
         # (a save in progress lives in .tmp-step_X and gets its manifest before the rename to step_X)
+        if not STEP_DIR.match(directory.name):
+            return (f"{MANIFEST} is missing: '{directory}' is not a checkpoint directory "
+                    "(checkpoints/step_XXXXXXXX); give one, or a run's checkpoints folder to check "
+                    "each of its steps")
         return (f"{MANIFEST} is missing (deleted, or a checkpoint from before manifests: `python -m "
                 f"asarm.checkpoint adopt {directory}` writes one if you trust its files)")
     try:
@@ -281,13 +285,26 @@ def adopt(directory: Path) -> dict:
     return write_manifest(directory, int(match.group(1)))
 
 
+def checkpoint_dirs(paths: list[str]) -> list[str]:
+    """``paths`` with each run folder or checkpoints folder replaced by its ``step_*`` checkpoints
+    (for verify)."""
+    out = []
+    for arg in paths:
+        folder = Path(arg)
+        steps = [] if STEP_DIR.match(folder.name) else sorted(
+            str(d) for base in (folder, folder / "checkpoints") if base.is_dir()
+            for d in base.iterdir() if d.is_dir() and STEP_DIR.match(d.name))
+        out += steps or [arg]
+    return out
+
+
 if __name__ == "__main__":  # python -m asarm.checkpoint adopt|verify DIR...
     import sys
 
     if len(sys.argv) < 3 or sys.argv[1] not in ("adopt", "verify"):
         sys.exit("usage: python -m asarm.checkpoint adopt|verify CHECKPOINT_DIR...")
     failed = False
-    for arg in sys.argv[2:]:
+    for arg in checkpoint_dirs(sys.argv[2:]) if sys.argv[1] == "verify" else sys.argv[2:]:
         try:
             if sys.argv[1] == "adopt":
                 adopt(Path(arg))

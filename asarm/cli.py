@@ -13,7 +13,9 @@ import re
 import sys
 import time
 
+from . import __version__
 from .loading import add_model_arguments, load_model_and_tokenizer, resolve_revision
+from .utils import add_threads_argument, set_threads
 
 
 MASK_SPAN = re.compile(r"\[MASK:([0-9]+)\]")  # ASCII digits only: int() would also take other scripts' digits
@@ -114,6 +116,7 @@ def register_infill(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
                    help="refuse [MASK:n] spans totalling more tokens than this (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    add_threads_argument(p)
     p.set_defaults(func=run_infill)
 
 
@@ -147,6 +150,7 @@ def run_infill(args) -> int:
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
     text = read_infill_text(args)
+    set_threads(args.threads)
     args.code = args.code or args.revision == "code"  # the loader then lets the model sample whitespace specials
     model, tokenizer = load_model_and_tokenizer(args)
     ids = torch.tensor([encode_masked_text(text, tokenizer, args.code, args.max_new_tokens)] * args.samples,
@@ -171,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asarm",
         description="Any-Subset Autoregressive Models: exact parallel sampling (ASSD), training and the paper's evaluations.")
+    parser.add_argument("--version", action="version", version=f"asarm {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the full traceback of any error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

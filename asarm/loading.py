@@ -44,9 +44,15 @@ def device_argument(name: str) -> str:
 
 
 def resolve_revision(args) -> None:
-    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default branch)."""
-    if getattr(args, "revision", "") is None and getattr(args, "model", None) == ASARM_HUB_ID:
-        args.revision = args.asarm_revision
+    """Fill in ``args.revision`` for the released AS-ARM repository (other models: their default
+    branch).
+
+    ``args.asarm_revision`` (the command's default for that repository) is removed: it is not a
+    setting of the run, and a run of another model must not record it."""
+    default = vars(args).pop("asarm_revision", None)
+    released = getattr(args, "model", None) == ASARM_HUB_ID
+    if getattr(args, "revision", "") is None and released and default:
+        args.revision = default
 
 
 def tokenizer_for(model: str, revision: str | None = None, tokenizer: str | None = None):
@@ -75,21 +81,64 @@ def tokenizer_for(model: str, revision: str | None = None, tokenizer: str | None
                       f"available: {exc}. Pass --tokenizer DIR (a tokenizer directory or hub id).") from exc
 
 
+OFFLINE_TOKENIZER = "offline"  # what a self-check records when it used the offline tokenizer
+NO_MODEL = "none (self-check)"  # what a self-check records as its model
+
+
+def offline_tokenizer():
+    """The offline XLNet-pipeline tokenizer that ``--model tiny`` uses (vocabulary 1000, trained on
+    the stdlib)."""
+    from .data import stdlib_texts
+    from .tokenizer import build_local_tokenizer
+
+    return build_local_tokenizer(stdlib_texts(300_000), vocab_size=1000)
+
+
+def load_tokenizer_alone(args):
+    """The tokenizer of a self-check that runs no model (``--method oracle``): ``--tokenizer`` if
+    given, else the offline one. Sets ``args.model`` / ``args.revision`` to say that no model was
+    used, and ``args.tokenizer`` to what was used, so that config.json and the header say so."""
+    from .tokenizer import load_tokenizer
+
+    args.model, args.revision = NO_MODEL, None
+    if not args.tokenizer or args.tokenizer == OFFLINE_TOKENIZER:
+        args.tokenizer = OFFLINE_TOKENIZER
+        return offline_tokenizer()
+    try:
+        return load_tokenizer(args.tokenizer)
+    except (OSError, ValueError) as exc:
+        raise OSError(f"--tokenizer '{args.tokenizer}' could not be loaded ({exc}); pass a tokenizer "
+                      "directory or hub id, or leave --tokenizer out for the offline tokenizer") from exc
+
+
+def mark_no_model(args) -> None:
+    """For a self-check that needs neither model nor tokenizer (``--method canonical``)."""
+    args.model, args.revision, args.tokenizer = NO_MODEL, None, None
+
+
+def describe_model(config: dict) -> str:
+    """A results header's words for the model of a recorded config: ``model NAME (REVISION)``, or
+    for a self-check ``no model (self-check), tokenizer ...``."""
+    if config.get("model") == NO_MODEL:
+        tokenizer = config.get("tokenizer")
+        offline = tokenizer == OFFLINE_TOKENIZER
+        used = "the offline tokenizer" if offline else f"tokenizer {tokenizer}"
+        return f"no model (self-check), {used}" if tokenizer else "no model (self-check)"
+    return f"model {config.get('model')} ({config.get('revision')})"
+
+
 def load_model_and_tokenizer(args):
     """``(model, tokenizer)`` from the ``add_model_arguments`` options, on the chosen device."""
     from .model import ASARM, tokenizer_mismatch
-    from .tokenizer import build_local_tokenizer
     from .utils import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     resolve_revision(args)
     if args.model == TINY:
-        from .data import stdlib_texts
-
         print("note: --model tiny is a RANDOMLY INITIALISED model: its text is gibberish; "
               "it only shows the commands working offline.", file=sys.stderr)
-        tokenizer = build_local_tokenizer(stdlib_texts(300_000), vocab_size=1000)
+        tokenizer = offline_tokenizer()
         model = ASARM.from_config(tokenizer=tokenizer, seed=0, **TINY_CONFIG)
     else:
         from transformers import AutoConfig

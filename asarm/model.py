@@ -8,7 +8,7 @@ one forward pass scores every masked token given all lower-ranked ones, which
 is the parallel density estimation ASSD verifies drafts with.
 
 The wrapper adds what sampling needs: the mask token, the ids that are never
-sampled (``banned_token_ids``), log-probabilities with those ids removed, the
+sampled (``banned_token_ids``), log-probabilities with those ids removed,
 and the joint log-likelihood of a masked block. The backends the sampler
 calls for logits are in ``asarm.decoders``.
 """

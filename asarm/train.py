@@ -70,7 +70,7 @@ from .train_config import (NOT_RECORDED, RESUME_MAY_CHANGE, TrainConfig, add_con
                            check_config, check_resume_config, config_differences, config_from_arguments,
                            sampling_config)
 from .loading import tokenizer_for
-from .utils import atomic_write_json, atomic_write_text
+from .utils import add_threads_argument, atomic_write_json, atomic_write_text, set_threads
 
 
 # ---------------------------------------------------------------------------- the run directory
@@ -857,9 +857,12 @@ def register_train(sub) -> None:
                                    "--key value on the command line (lists and dicts in YAML syntax, e.g. "
                                    "--eval_rates '[0.5, 0.9]'). Run several processes with torchrun or _run_training.sh.")
     add_config_arguments(p)
+    add_threads_argument(p)  # how this process runs, not what the run is: not a config option
     p.set_defaults(func=run_train)
 
 
 def run_train(args) -> int:
-    train(config_from_arguments(args))
+    cfg = config_from_arguments(args)
+    set_threads(args.threads)
+    train(cfg)
     return 0

@@ -3,6 +3,8 @@ may change (docs/design.md, Training state).
 
 * ``TrainConfig``: every option, with its default and ``--help`` text; ``TrainConfig.load(path, overrides)``
   reads a YAML file (a run directory's ``config.yaml`` included) and applies ``--key value`` overrides.
+* ``load_recipe``: a YAML recipe's options with ``inherit: BASE.yaml`` resolved (a recipe names its
+  base and holds only what it changes); ``python -m asarm.train_config FILE [KEY]`` prints them.
 * ``check_config``: raises ``ValueError`` for settings that cannot train. ``asarm.train.train`` runs it once,
   first, before any model is loaded or any file written.
 * ``RESUME_MAY_CHANGE`` / ``config_differences`` / ``check_resume_config``: the options that define a run and
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,17 +120,41 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | None = None, overrides: dict | None = None) -> "TrainConfig":
         """A YAML file (optional) with ``overrides`` applied on top."""
-        values = {}
-        if path:
-            values = yaml_or_explain(check_input_file(path, "config file").read_text(encoding="utf-8"),
-                                     f"config file '{path}'") or {}
-            if not isinstance(values, dict):
-                raise ValueError(f"config file '{path}' must hold a mapping of options")
+        values = load_recipe(path) if path else {}
         values.pop("changes", None)  # a run directory's config.yaml: the history of resumes, not an option
         return cls.from_dict({**values, **(overrides or {})})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+INHERIT = "inherit"
+
+
+def load_recipe(path, _chain: tuple = ()) -> dict:
+    """The options of the YAML file ``path``, its ``inherit: BASE.yaml`` resolved.
+
+    ``BASE.yaml`` is a path relative to the file that names it, and may itself
+    inherit. The file's own keys override the base's, each key's value as a
+    whole: a dict (``model_config``) or list given in the file replaces the
+    base's, it is not merged into it. A cycle is refused (``ValueError``).
+    """
+    path = Path(path)
+    values = yaml_or_explain(check_input_file(path, "config file").read_text(encoding="utf-8"),
+                             f"config file '{path}'") or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping of options")
+    base = values.pop(INHERIT, None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"config file '{path}': {INHERIT} must name one YAML file, got {base!r}")
+    chain = _chain + (path.resolve(),)
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        names = " -> ".join(str(p) for p in chain + (base_path.resolve(),))
+        raise ValueError(f"config file '{path}': {INHERIT} makes a cycle ({names})")
+    return {**load_recipe(base_path, chain), **values}
 
 
 # Options that no longer exist, with the value every config of their time held unless someone set it: a run
@@ -318,3 +345,26 @@ def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     return TrainConfig.load(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m asarm.train_config FILE [KEY]``: the options FILE resolves to (``inherit``
+    applied, every default filled in) as YAML, or the value of one KEY."""
+    parser = argparse.ArgumentParser(prog="python -m asarm.train_config", description=main.__doc__)
+    parser.add_argument("file", help="a recipe (YAML), e.g. configs/ablation_parallel.yaml")
+    parser.add_argument("key", nargs="?", help="print only this option's value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrainConfig.load(args.file)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        if args.key is not None and args.key not in known:
+            raise ValueError(f"unknown option '{args.key}'; `asarm train --help` lists them all")
+    except (ValueError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(cfg.to_yaml().rstrip("\n") if args.key is None else getattr(cfg, args.key))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

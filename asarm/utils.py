@@ -16,6 +16,24 @@ DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N = GPU index) or mps"
 _DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
+THREADS_HELP = ("CPU threads torch uses (default: %(default)s; 0: torch's default, one per core; "
+                "on a shared or busy CPU, and for tiny models, 1 to 4 threads are often much "
+                "faster)")
+
+
+def add_threads_argument(p, default: int = 0) -> None:
+    """``--threads N`` for a command that runs a model; one rule everywhere (``THREADS_HELP``)."""
+    p.add_argument("--threads", type=int, default=default, help=THREADS_HELP)
+
+
+def set_threads(threads: int) -> None:
+    """Apply ``--threads`` (0: leave torch's default)."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def check_device_name(name: str) -> str:
     """``name`` if it is a device string asarm accepts (``DEVICE_CHOICES``), else ``ValueError`` listing them.
 

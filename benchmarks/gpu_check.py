@@ -17,7 +17,7 @@ Prints the device, torch version and one markdown table; writes the same as JSON
 ``--out``. Exit status 1 if a parity check fails or a cell raised (the rest still runs).
 
 Usage:
-    bash benchmarks/gpu_check.sh --out gpu_check.json                  # CUDA if present: a few minutes
+    bash benchmarks/gpu_check.sh --out gpu_check.json                  # CUDA: a few minutes (no CUDA: --quick)
     bash benchmarks/gpu_check.sh --device cpu --quick --out /tmp/q.json # tiny sizes, well under a minute
 """
 
@@ -60,6 +60,20 @@ BASELINE = "plain assd"
 
 
 # ---------------------------------------------------------------------------- setup
+def choose_sizes(choice: str, device: torch.device, quick: bool) -> str:
+    """``quick`` or ``full``. The full sizes (base model, N = 512) are for a CUDA device: without
+    one, ``--device auto`` falls back to the quick sizes (saying so) and ``--device cpu`` needs
+    ``--quick``."""
+    if quick or device.type == "cuda":
+        return "quick" if quick else "full"
+    if choice == "auto":
+        print("# no CUDA device: running the quick sizes on the CPU (the full check is for a CUDA "
+              "device)", file=sys.stderr, flush=True)
+        return "quick"
+    raise SystemExit(f"--device {choice} without --quick: the full check (base model, N = 512) is "
+                     "for a CUDA device and takes hours on a CPU; add --quick for the tiny sizes")
+
+
 def pick_device(choice: str) -> torch.device:
     """``auto``: CUDA when available, else the CPU."""
     if choice == "auto":
@@ -343,7 +357,7 @@ def main(argv=None) -> int:
     threads = args.threads or (1 if device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    sizes = dict(SIZES["quick" if args.quick else "full"])
+    sizes = dict(SIZES[choose_sizes(args.device, device, args.quick)])
     info = device_info(device)
     cfg = decode.CONFIGS[sizes["config"]]
     print(f"# gpu_check on {info['device']}: {info['device_name']}; torch {info['torch']}, CUDA {info['cuda']}, "

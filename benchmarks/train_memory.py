@@ -1,4 +1,4 @@
-"""Training memory per sequence: the basis of the README's "what fits in 16 GB" estimate.
+"""Training memory per sequence: the basis of docs/training.md's "What fits in 16 GB" estimate.
 
 For the base architecture (xlnet-base-cased's shape, random weights) one
 training step of the joint objective (`asarm.objective.make_batch`, masking

@@ -3,11 +3,11 @@
 #                                  the last shard to finish writes results.json (or: asarm eval-merge OUT)
 #   * NUM_SHARDS=n (no Slurm)   -> n local processes, shard i on GPU i, then the merge
 #   * otherwise                 -> one process
-# Variables: PYTHON (default python), NUM_SHARDS (default 1), EXTRA_ARGS (appended to the command).
+# Variables: PYTHON (default python3: scripts/launcher.sh), NUM_SHARDS (default 1), EXTRA_ARGS (appended to the command).
 
 run_eval() {  # usage: run_eval OUTPUT_DIR SUBCOMMAND ARGS...
   local out="$1"; shift
-  local python="${PYTHON:-python}"
+  local python="${PYTHON:-python3}"
   # shellcheck disable=SC2206
   local extra=(${EXTRA_ARGS:-})
   echo "+ $python -m asarm $* --output-dir $out ${extra[*]}" >&2

@@ -24,7 +24,16 @@ from asarm.tokenizer import has_slow_tokenizer, save_tokenizer, transformers_ver
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED_DATA = Path(os.environ.get("ASARM_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+# The evaluation data: $ASARM_EVAL_DATA (the variable the commands read), else ../shared/data beside the
+# repository. ASARM_SHARED_DATA, the tests' former name for it, is still accepted (deprecated).
+DATA_ENV, OLD_DATA_ENV = "ASARM_EVAL_DATA", "ASARM_SHARED_DATA"
+SHARED_DATA = Path(os.environ.get(DATA_ENV) or os.environ.get(OLD_DATA_ENV)
+                   or Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+if os.environ.get(OLD_DATA_ENV) and not os.environ.get(DATA_ENV):
+    import warnings
+
+    warnings.warn(f"{OLD_DATA_ENV} is deprecated: set {DATA_ENV} (the variable the commands read)",
+                  DeprecationWarning, stacklevel=1)
 
 _real_connect = socket.socket.connect
 
@@ -50,9 +59,9 @@ def _no_network(monkeypatch):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (or ``$ASARM_SHARED_DATA``); tests that need it skip when it is absent."""
+    """``$ASARM_EVAL_DATA``, else ``../shared/data``; tests that need it skip when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared evaluation data not found at {SHARED_DATA} (set ASARM_SHARED_DATA)")
+        pytest.skip(f"evaluation data not found at {SHARED_DATA} (set {DATA_ENV})")
     return SHARED_DATA
 
 
@@ -95,9 +104,21 @@ def tiny_model(local_tokenizer):
     return ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64, seed=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def peaked_model(local_tokenizer):
+    """A tiny random ASARM whose conditionals are peaked and context-dependent (initializer range 0.6):
+    drafts get rejected, tempering changes them, adaptive k moves."""
+    from asarm import ASARM
+
+    return ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64,
+                             initializer_range=0.6, seed=1)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models train ~10x faster on one thread than on two when other jobs share the cores."""
+    """One torch thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models train ~10x faster on one thread than on two when other jobs share the cores, and every run of
+    the module does the same arithmetic (the thread count changes float sums, so the weights)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -88,6 +88,7 @@ DECODES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(DECODES))
 def test_every_call_of_a_decode_matches_plain(model, case):
     kind, kwargs = DECODES[case]
@@ -99,6 +100,7 @@ def test_every_call_of_a_decode_matches_plain(model, case):
     assert ((out.sequences == x) | (sigma >= m[:, None])).all()
 
 
+@pytest.mark.slow
 def test_parity_with_clamped_relative_positions():
     model = make_model(seed=1, clamp_len=5)  # distances beyond 5 share one embedding
     x, sigma, m = make_batch(3, 20, [2, 4, 9], "random", seed=3)
@@ -106,6 +108,7 @@ def test_parity_with_clamped_relative_positions():
     assert twin.worst < ATOL
 
 
+@pytest.mark.slow
 def test_random_call_sequences_with_rewrites(model):
     """Calls in arbitrary order on row subsets; tokens anywhere (even the prompt) change between calls."""
     g = torch.Generator().manual_seed(7)
@@ -159,6 +162,7 @@ def test_cache_reuse_is_what_the_issue_asks(model):
 # ---------------------------------------------------------------------------- same samples
 @pytest.mark.parametrize("method,kwargs", [("sequential", {}), ("assd", dict(k=4)), ("assd", dict(k=3, bonus=True)),
                                            ("ngram", dict(k=3))])
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sorted", "random"])
 def test_same_generator_gives_same_samples(model, method, kwargs, kind):
     x, sigma, m = make_batch(6, 20, [1, 2, 3, 5, 8, 13], kind, seed=4)
@@ -195,6 +199,7 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_long_sequence_without_quadratic_tensors():
     N, H, d, layers, k = 2048, 2, 32, 2, 5
     model = make_model(seed=5, n_head=H, d_model=d, n_layer=layers, initializer_range=0.02)
@@ -251,6 +256,7 @@ _PEAK_RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
 def test_long_prompt_first_call_peak_memory_is_bounded():
     """What the process really holds (tensor sizes alone missed heap fragmentation): an 8192-token
@@ -260,6 +266,7 @@ def test_long_prompt_first_call_peak_memory_is_bounded():
     assert int(out.stdout.split()[-1]) < 1024, f"peak RSS grew by {out.stdout.split()[-1]} MiB"
 
 
+@pytest.mark.slow
 def test_chunked_attention_is_exact_and_memory_linear(monkeypatch):
     """With a tiny budget (one stream per chunk) the logits equal the unchunked ones, and the largest
     tensor is O(N x d): the K/V cache and the per-stream activations, not the T x L attention."""
@@ -279,6 +286,7 @@ def test_chunked_attention_is_exact_and_memory_linear(monkeypatch):
     assert small.largest <= 2 * layers * 2 * N * d_inner  # linear in N (quadratic: H x T x 2N ~ 8M)
 
 
+@pytest.mark.slow
 def test_chunked_attention_gives_the_same_samples(monkeypatch):
     x, sigma, m = make_batch(3, 96, [5, 20, 60], "random", seed=12)
     model = make_model(seed=8)
@@ -312,6 +320,7 @@ def test_half_precision_and_autocast_stay_finite_and_close(model):
         assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
 
 
+@pytest.mark.slow
 def test_attention_core_compiles_without_graph_breaks():
     g = torch.Generator().manual_seed(0)
     R, T, H, L, D, P = 2, 3, 2, 7, 4, 20
@@ -324,6 +333,7 @@ def test_attention_core_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(*args), attend(*args))
 
 
+@pytest.mark.slow
 def test_mixed_limit_and_duplicate_queries_match_the_plain_decoder(model):
     """Any queries, not only the samplers': random ranks (duplicates in one call included) with random
     limits in [m, n_known], on both decoders; each query equals the same query asked alone (plain)."""

@@ -1,5 +1,6 @@
 """The `asarm` command: help, infill on a local model directory, clear errors."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ def run_cli(*args, timeout=240):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_help_lists_commands():
     res = run_cli("--help")
     assert res.returncode == 0
@@ -65,6 +67,28 @@ def test_default_revision_only_for_the_released_asarm_repo():
     assert revision("infill-code") == "code"
     assert revision("infill", "--model", "xlnet/xlnet-base-cased", "--text", "x") is None
     assert revision("infill", "--revision", "code", "--text", "x") == "code"
+    args = build_parser().parse_args(["speculative", "--model", "some/local-dir"])
+    resolve_revision(args)  # the released repository's default revision is no setting of another model's run
+    assert args.revision is None and "asarm_revision" not in vars(args)
+
+
+def test_version_and_one_threads_rule_on_every_command_that_runs_a_model(capsys):
+    from asarm import __version__
+    from asarm.cli import build_parser
+    from asarm.utils import THREADS_HELP
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"asarm {__version__}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    rule = THREADS_HELP.split(";")[1].strip()  # "0: torch's default, one per core"
+    for command, default in [("infill", 0), ("train", 0), ("speculative", 0), ("infill-nlp", 0),
+                             ("infill-code", 0), ("density", 0), ("quickstart", 1)]:
+        argv = [command] + {"infill": ["--text", "x"], "density": ["--task", "lambada"]}.get(command, [])
+        assert parser.parse_args(argv).threads == default, command
+        assert rule in " ".join(commands[command].format_help().split()), command
+    assert "%%" not in commands["speculative"].format_help()
 
 
 def test_encode_masked_text(local_tokenizer):
@@ -142,6 +166,7 @@ def test_code_mode_maps_whitespace_and_samples_it(tmp_path, local_tokenizer, cap
     assert code == 0 and "def f():\n\treturn 1" in out and "<cls>" not in out
 
 
+@pytest.mark.slow
 def test_errors_are_messages_not_tracebacks(tmp_path):
     res = run_cli("infill", "--model", "tiny", "--text", "nothing to fill")
     assert res.returncode == 2 and "nothing to infill" in res.stderr and "Traceback" not in res.stderr

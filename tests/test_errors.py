@@ -317,6 +317,7 @@ def test_written_files_follow_the_users_umask(tmp_path, umask, mode):
 
 
 # ---------------------------------------------------------------------------- the real process
+@pytest.mark.slow
 def test_subprocess_errors_reach_the_user_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.getcwd())

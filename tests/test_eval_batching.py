@@ -13,6 +13,9 @@ import pytest
 from asarm.cli import main
 from asarm.evaluation.infill_code import BENCHMARKS
 
+# slow: end-to-end batched evaluations
+pytestmark = pytest.mark.slow
+
 COMMANDS = {
     "speculative": [],
     "infill-nlp": [],

@@ -34,6 +34,7 @@ def _subset(shared_data, benchmark):
 
 
 # ---------------------------------------------------------------------------- the oracle on real data
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_oracle_passes_every_task_the_pipeline_keeps(name, shared_data, local_tokenizer):
     problems = _subset(shared_data, name)

@@ -16,6 +16,7 @@ from conftest import FAST, _results, _samples, _spec_args, _without_time  # noqa
 
 
 # ---------------------------------------------------------------------------- speculative
+@pytest.mark.slow
 def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp_path):
     out = tmp_path / "spec"
     assert main(_spec_args(tiny_model_dir, wiki_subset, out, "--judge", str(tiny_judge_dir))) == 0
@@ -34,6 +35,7 @@ def test_speculative_end_to_end(tiny_model_dir, tiny_judge_dir, wiki_subset, tmp
     assert {"nfe", "prompt", "text", "ppl", "entropy", "model_nll"} <= set(rec)
 
 
+@pytest.mark.slow
 def test_speculative_paper_protocol_end_to_end(tiny_model_dir, shared_data, local_tokenizer, tmp_path):
     """--protocol paper: rows with specials, no chunk reuse, int(frac N) + 1 visible, judged text with
     specials, only <mask> banned, both decoders timed; config.json records every resolved setting."""
@@ -80,6 +82,7 @@ def test_speculative_without_judge_still_runs(tiny_model_dir, wiki_subset, tmp_p
     assert "n/a (judge 'gpt2-large' not loaded" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_and_shards_give_the_same_numbers(tiny_model_dir, wiki_subset, tmp_path, monkeypatch):
     from asarm.evaluation import speculative
 
@@ -124,6 +127,7 @@ def _config(out):
     return json.loads((Path(out) / "config.json").read_text())["config"]
 
 
+@pytest.mark.slow
 def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
     from asarm.evaluation.metrics import rouge_f1
 
@@ -144,6 +148,7 @@ def test_infill_nlp_end_to_end(tiny_model_dir, shared_data, tmp_path):
     assert mid["reference"].startswith("It wasn't long") and mid["suffix"].endswith("He is happy now.")
 
 
+@pytest.mark.slow
 def test_infill_nlp_oracle_under_the_paper_protocol(tiny_model_dir, shared_data, tmp_path):
     """--protocol paper: k 10, only <mask> banned, bootstrap mid without stemmer, all recorded; oracle = 100."""
     out = tmp_path / "paper"
@@ -190,6 +195,39 @@ def test_infill_code_canonical_self_check(shared_data, tmp_path):
     assert _results(out)["results"]["pass@1"] == 100.0
 
 
+@pytest.mark.parametrize("command,method,data", [
+    ("infill-nlp", "oracle", "rocstories/cloze_test_val__spring2016.csv"),
+    ("infill-code", "oracle", "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz"),
+    ("infill-code", "canonical", "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz")])
+def test_self_checks_run_without_a_model(command, method, data, shared_data, tmp_path, capsys):
+    """oracle and canonical load no model (a --model that does not exist is never opened): oracle uses the
+    offline tokenizer unless --tokenizer names one; the header and config.json say no model was used."""
+    out = tmp_path / method
+    args = [command, "--method", method, "--model", str(tmp_path / "no-such-model"), "--data",
+            str(shared_data / data), "--limit", "3", "--output-dir", str(out), "--no-progress", "--threads", "1"]
+    args += ["--trials", "1"] if command == "infill-nlp" else ["--workers", "2"]
+    assert main(args) == 0, capsys.readouterr().err
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "no model (self-check)" in header and "no-such-model" not in header
+    assert ("the offline tokenizer" in header) == (method == "oracle")
+    cfg = _results(out)["config"]
+    assert cfg["model"] == "none (self-check)" and cfg["revision"] is None
+    assert cfg["tokenizer"] == ("offline" if method == "oracle" else None)
+    res = _results(out)["results"]
+    score = res["middle"]["rouge_mean"] if command == "infill-nlp" else res["pass@1"]
+    assert score == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("command,data", [
+    ("infill-nlp", "rocstories/cloze_test_val__spring2016.csv"),
+    ("infill-code", "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz")])
+def test_a_self_check_tokenizer_that_does_not_load_names_tokenizer(command, data, shared_data, tmp_path, capsys):
+    code = main([command, "--method", "oracle", "--tokenizer", str(tmp_path / "missing"), "--output-dir",
+                 str(tmp_path / "o"), "--data", str(shared_data / data), "--limit", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tokenizer" in err and "missing" in err and "Traceback" not in err
+
+
 def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
     from asarm.evaluation.infill_code import build_inputs, completion_text
 
@@ -202,6 +240,7 @@ def test_code_whitespace_round_trip_through_infill_inputs(local_tokenizer):
         assert completion_text(inputs["middle"], inputs, local_tokenizer, True) == problem["canonical_solution"]
 
 
+@pytest.mark.slow
 def test_infill_code_oracle_end_to_end(tiny_model_dir, shared_data, tmp_path):
     """The oracle goes through the CLI's whole path; every task of the slice comes back and passes."""
     out = tmp_path / "oracle"
@@ -342,6 +381,7 @@ def test_local_shards_get_one_visible_gpu_each(tmp_path):
     assert gpus == {"4", "6", "7"}
 
 
+@pytest.mark.slow
 def test_launchers_under_bash(tiny_model_dir, wiki_subset, shared_data, tmp_path):
     res = _launch("_run_speculative_decoding.sh", {"MODEL": str(tiny_model_dir), "DATA": str(wiki_subset),
                   "SEQ_LEN": "16", "TRIALS": "2", "JUDGE": "none", "NUM_SHARDS": "2", "OUT": str(tmp_path / "s")}, tmp_path)

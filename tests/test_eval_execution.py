@@ -9,6 +9,9 @@ import pytest
 
 from asarm.evaluation.execution import build_program, check_completion, check_many, run_program
 
+# slow: the executor's hostile-program corpus and canonical solutions
+pytestmark = pytest.mark.slow
+
 PROBLEM = {"task_id": "toy/0", "entry_point": "add", "prompt": "def add(a, b):\n", "suffix": "",
            "canonical_solution": "    return a + b\n",
            "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
@@ -128,7 +131,7 @@ HOSTILE = {
 }
 
 
-# what the in-process guard alone cannot see (README, executor limits): namespaces stop these
+# what the in-process guard alone cannot see (docs/evaluations.md, code execution): namespaces stop these
 GUARD_BLIND = {"dir_fd open"}
 
 
@@ -202,7 +205,7 @@ def test_no_secret_or_network_reaches_the_program(name):
 
 def test_private_files_of_the_same_user_are_unreadable(tmp_path):
     if not _namespaces():
-        pytest.skip("the in-process guard alone cannot hide files of the same user (README: executor limits)")
+        pytest.skip("the in-process guard alone cannot hide files of the same user (docs/evaluations.md: code execution)")
     secret = tmp_path / "token"
     secret.write_text("hunter2")
     secret.chmod(0o600)

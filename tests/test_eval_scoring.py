@@ -14,6 +14,9 @@ from asarm.cli import main
 # the tiny model, judge and WikiText slice (and helpers) of the command tests, shared rather than rebuilt differently
 from conftest import FAST, _results, _samples, _spec_args, _without_time
 
+# slow: end-to-end evaluation runs
+pytestmark = pytest.mark.slow
+
 CODE = "human-eval-infilling"
 
 

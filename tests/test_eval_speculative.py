@@ -1,13 +1,16 @@
 """The WikiText speculative-decoding evaluation's data and protocol choices, on the real test file.
 
 Each paper-protocol choice (``--protocol paper``) is pinned here against the
-paper's released code as docs/protocol-wikitext.md describes it; the asarm choices next to it.
+paper's released code as docs/protocols.md describes it; the asarm choices next to it.
 """
 
 import pytest
 
 from asarm.evaluation import speculative as spec
 from asarm.evaluation.protocol import PROTOCOLS, apply_protocol
+
+# slow: end-to-end speculative runs
+pytestmark = pytest.mark.slow
 
 SEQ_LEN = 512
 

@@ -21,6 +21,9 @@ import asarm
 from asarm import drafters, orders, sampling
 from asarm.tokenizer import XLNET_SPECIAL_TOKENS
 
+# slow: statistical exactness sweeps (20,000 samples per case)
+pytestmark = pytest.mark.slow
+
 NUM_SAMPLES = 20_000
 P_MIN = 1e-3
 USABLE = list(range(len(XLNET_SPECIAL_TOKENS), len(XLNET_SPECIAL_TOKENS) + 6))  # 6 sampleable ids

@@ -41,6 +41,7 @@ def rows_of(report, part):
     return {r["cell"]: r for r in report["rows"] if r["part"] == part}
 
 
+@pytest.mark.slow
 def test_quick_run_exits_zero_and_names_the_device(quick_run):
     proc, report = quick_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -50,6 +51,7 @@ def test_quick_run_exits_zero_and_names_the_device(quick_run):
     assert proc.stdout.count("| part | cell |") == 1  # one table
 
 
+@pytest.mark.slow
 def test_parity_passes_in_fp32(quick_run):
     parity = rows_of(quick_run[1], "parity")
     fp32 = parity["fp32 cached vs plain"]
@@ -58,6 +60,7 @@ def test_parity_passes_in_fp32(quick_run):
     assert parity["bf16 cached vs plain"]["status"] in ("PASS", "n/a (no bf16 on this device)")
 
 
+@pytest.mark.slow
 def test_decode_cells_are_measured_against_one_baseline(quick_run):
     decode = rows_of(quick_run[1], "decode")
     ran = ["plain assd", "cached sequential", "cached assd", "cached assd B=2", "cached assd B=4"]
@@ -73,6 +76,7 @@ def test_decode_cells_are_measured_against_one_baseline(quick_run):
         assert row["status"] == "ok" and 0 < row["nfe"] <= decode["cached assd"]["nfe"]
 
 
+@pytest.mark.slow
 def test_training_rows_are_present(quick_run):
     train = rows_of(quick_run[1], "train")
     assert set(train) == {"bf16 step B=6", "bf16 step B=8"}
@@ -115,6 +119,7 @@ def test_a_wrong_cache_fails_parity():
     assert "FAIL" in gc.table([row]) and gc.failed([row]) == ["parity: fp32 cached vs plain"]
 
 
+@pytest.mark.slow
 def test_cuda_requested_without_cuda_stops_with_a_message():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -122,3 +127,14 @@ def test_cuda_requested_without_cuda_stops_with_a_message():
                            "--out", os.devnull], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr
+
+
+def test_without_cuda_the_full_sizes_are_refused_or_replaced_by_quick(capsys):
+    check = load_gpu_check()
+    cpu = torch.device("cpu")
+    assert check.choose_sizes("auto", cpu, quick=False) == "quick"  # said on stderr
+    assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="add --quick"):
+        check.choose_sizes("cpu", cpu, quick=False)
+    assert check.choose_sizes("cpu", cpu, quick=True) == "quick"
+    assert check.choose_sizes("cuda", torch.device("cuda"), quick=False) == "full"

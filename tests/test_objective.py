@@ -192,3 +192,35 @@ def test_target_loss_is_the_mean_over_targets():
     expected = -torch.log_softmax(logits, -1).gather(-1, labels[..., None]).mean()
     assert obj.target_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
     assert math.isfinite(obj.target_loss(logits, labels).item())
+
+
+# ---------------------------------------------------------------------------- objective choices
+def test_loss_scaling_applies_only_to_the_joint_objective():
+    assert obj.loss_weight(0.8, "snr", "joint") == pytest.approx(4.0)
+    assert obj.loss_weight(0.8, "r", "joint") == pytest.approx(0.8)
+    assert obj.loss_weight(0.8, "none", "parallel") == 1.0
+    for scale in ("r", "snr"):
+        with pytest.raises(ValueError, match="only to the joint objective.*loss_scale: none"):
+            obj.loss_weight(0.8, scale, "parallel")
+    with pytest.raises(ValueError, match="unknown loss scale"):
+        obj.check_loss_scale("joint", "bogus")
+
+
+@pytest.mark.parametrize("objective", ["joint", "parallel"])
+def test_left_to_right_order_conditions_on_a_prefix(objective):
+    n_tokens, rate = 10, 0.6
+    x = torch.arange(100, 100 + 3 * n_tokens).view(3, n_tokens)
+    gen = torch.Generator().manual_seed(0)
+    b = obj.make_batch(x, rate, 6, objective=objective, order="left_to_right", generator=gen)
+    n = n_tokens - obj.num_targets(n_tokens, rate)
+    assert (b.sigma == torch.arange(n_tokens)).all()
+    assert (b.positions == torch.arange(n, n_tokens)).all() and (b.labels == x[:, n:]).all()
+    if objective == "joint":
+        i, j = torch.arange(n_tokens)[:, None], torch.arange(n_tokens)[None, :]
+        may_attend = (j < i) | ((i < n) & (j < n))  # a bidirectional prefix, then causal: a prefix LM
+        assert torch.equal(b.perm_mask, ~may_attend.expand(3, -1, -1))
+        # the joint objective draws nothing for this order: the same generator gives the same next number
+        assert torch.rand((), generator=gen) == torch.rand((), generator=torch.Generator().manual_seed(0))
+    else:
+        assert b.perm_mask[:, n:, n:].all(dim=(1, 2)).all()  # targets never see each other
+        assert not b.perm_mask[:, n:, :n].any()              # and see the whole known prefix

@@ -2,18 +2,20 @@
 (specials per document then </s>, fp32, one pass) and their launchers' values, the one-pass stop, the
 joint-only loss scaling and the left-to-right (AR-order) ablation."""
 
+import dataclasses
 import gzip
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
-import torch
+import yaml
 
-from asarm import objective as obj
 from asarm.data import PackedStream, decode_text, held_out_digests, make_encoder, resolve_dataset, text_digest
 from asarm.tokenizer import lossy_reason
 from asarm.train import TrainConfig, check_config, train
+from asarm.train_config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -40,9 +42,66 @@ def test_every_config_validates_offline_and_an_unknown_key_fails(path, tmp_path)
     resolve_dataset(cfg.dataset)            # hub names resolve without the network
     assert TrainConfig.from_dict(json.loads(json.dumps(vars(cfg)))) == cfg
     bad = tmp_path / path.name
-    bad.write_text(path.read_text() + "masking_rate_max: 0.9\n")
+    bad.write_text(f"inherit: {path}\nmasking_rate_max: 0.9\n")
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['masking_rate_max'\]"):
         TrainConfig.load(str(bad))
+
+
+# ---------------------------------------------------------------------------- recipes as deltas (inherit:)
+RESOLVED = json.loads((ROOT / "tests" / "fixtures" / "recipes_resolved.json").read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_recipe_resolves_to_its_pinned_values(path):
+    """The values each recipe resolved to before the derived ones were rewritten as deltas (inherit:)."""
+    assert dataclasses.asdict(TrainConfig.load(str(path))) == RESOLVED[path.name]
+
+
+def test_derived_recipes_set_only_what_differs_from_their_base():
+    derived = 0
+    for path in CONFIGS:
+        own = yaml.safe_load(path.read_text())
+        if "inherit" not in own:
+            continue
+        derived += 1
+        base = load_recipe(path.parent / own.pop("inherit"))
+        same = sorted(k for k, v in own.items() if k in base and base[k] == v)
+        assert not same, f"{path.name} repeats its base's {same}"
+    assert derived >= 11  # every ablation and stage-two recipe names its base
+
+
+def test_inherit_is_relative_to_the_file_overrides_whole_values_and_refuses_cycles(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("lr: 0.5\nmodel_config: {d_model: 8, n_layer: 1}\neval_rates: [0.1, 0.2]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("inherit: ../base.yaml\nmodel_config: {n_head: 2}\nseed: 3\n")
+    (tmp_path / "child.yaml").write_text("inherit: sub/mid.yaml\nseed: 4\n")
+    cfg = TrainConfig.load(str(tmp_path / "child.yaml"), {"eval_rates": [0.3]})
+    assert (cfg.lr, cfg.seed, cfg.eval_rates) == (0.5, 4, [0.3])
+    assert cfg.model_config == {"n_head": 2}  # a dict given in a file replaces the base's, it is not merged
+    assert "inherit" not in cfg.to_yaml()     # what a run writes: every value resolved
+    (tmp_path / "base.yaml").write_text("inherit: child.yaml\n")
+    with pytest.raises(ValueError, match="inherit makes a cycle"):
+        TrainConfig.load(str(tmp_path / "child.yaml"))
+    (tmp_path / "self.yaml").write_text("inherit: self.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        TrainConfig.load(str(tmp_path / "self.yaml"))
+    (tmp_path / "none.yaml").write_text("inherit: missing.yaml\n")
+    with pytest.raises(OSError, match="missing.yaml"):
+        TrainConfig.load(str(tmp_path / "none.yaml"))
+    (tmp_path / "two.yaml").write_text("inherit: [a.yaml, b.yaml]\n")
+    with pytest.raises(ValueError, match="must name one YAML file"):
+        TrainConfig.load(str(tmp_path / "two.yaml"))
+
+
+def test_train_config_prints_a_resolved_recipe(capsys):
+    from asarm.train_config import main as print_recipe
+
+    assert print_recipe([str(ROOT / "configs" / "ablation_parallel.yaml")]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == RESOLVED["ablation_parallel.yaml"]
+    assert print_recipe([str(ROOT / "configs" / "ablation_parallel.yaml"), "objective"]) == 0
+    assert capsys.readouterr().out.strip() == "parallel"
+    assert print_recipe([str(ROOT / "configs" / "nope.yaml"), "output_dir"]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.name)
@@ -102,6 +161,7 @@ def test_each_recipe_carries_its_launchers_values():
         assert {k for k in control if control[k] != other[k]} - ignore == diff, name
 
 
+@pytest.mark.slow
 def test_tiny_cpu_config_still_trains_on_the_local_tokenizer(tmp_path):
     from asarm.tokenizer import load_tokenizer, xlnet_pipeline_drift
 
@@ -199,6 +259,7 @@ def _tokens_in_one_pass(run: Path, dataset: str, eval_docs: int) -> int:
     return sum(len(encode(d)) + 1 for d in docs if text_digest(d) not in held_out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_steps", [1000, 3])
 def test_max_epochs_stops_at_the_end_of_the_first_pass(tmp_path, max_steps):
     data = _tiny_corpus(tmp_path / "docs")
@@ -218,6 +279,7 @@ def test_max_epochs_stops_at_the_end_of_the_first_pass(tmp_path, max_steps):
         assert status["end_of_data"] is False and status["step"] == max_steps and trained == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_less_than_one_step_of_data_is_a_clear_error(tmp_path):
     data = _tiny_corpus(tmp_path / "docs", count=2)
     with pytest.raises(ValueError, match="less than one step of tokens"):
@@ -231,39 +293,12 @@ def test_max_epochs_must_not_be_negative():
 
 
 # ---------------------------------------------------------------------------- objective choices
-def test_loss_scaling_applies_only_to_the_joint_objective(tmp_path):
-    assert obj.loss_weight(0.8, "snr", "joint") == pytest.approx(4.0)
-    assert obj.loss_weight(0.8, "r", "joint") == pytest.approx(0.8)
-    assert obj.loss_weight(0.8, "none", "parallel") == 1.0
+def test_a_recipe_with_loss_scaling_on_the_parallel_objective_is_refused_before_writing(tmp_path):
     for scale in ("r", "snr"):
-        with pytest.raises(ValueError, match="only to the joint objective.*loss_scale: none"):
-            obj.loss_weight(0.8, scale, "parallel")
         with pytest.raises(ValueError, match="only to the joint objective"):
             train(TrainConfig.from_dict({**TINY, "dataset": "stdlib", "output_dir": str(tmp_path / scale),
                                          "objective": "parallel", "loss_scale": scale, "max_steps": 1}))
         assert not (tmp_path / scale).exists()  # refused before anything is written
-    with pytest.raises(ValueError, match="unknown loss scale"):
-        obj.check_loss_scale("joint", "bogus")
-
-
-@pytest.mark.parametrize("objective", ["joint", "parallel"])
-def test_left_to_right_order_conditions_on_a_prefix(objective):
-    n_tokens, rate = 10, 0.6
-    x = torch.arange(100, 100 + 3 * n_tokens).view(3, n_tokens)
-    gen = torch.Generator().manual_seed(0)
-    b = obj.make_batch(x, rate, 6, objective=objective, order="left_to_right", generator=gen)
-    n = n_tokens - obj.num_targets(n_tokens, rate)
-    assert (b.sigma == torch.arange(n_tokens)).all()
-    assert (b.positions == torch.arange(n, n_tokens)).all() and (b.labels == x[:, n:]).all()
-    if objective == "joint":
-        i, j = torch.arange(n_tokens)[:, None], torch.arange(n_tokens)[None, :]
-        may_attend = (j < i) | ((i < n) & (j < n))  # a bidirectional prefix, then causal: a prefix LM
-        assert torch.equal(b.perm_mask, ~may_attend.expand(3, -1, -1))
-        # the joint objective draws nothing for this order: the same generator gives the same next number
-        assert torch.rand((), generator=gen) == torch.rand((), generator=torch.Generator().manual_seed(0))
-    else:
-        assert b.perm_mask[:, n:, n:].all(dim=(1, 2)).all()  # targets never see each other
-        assert not b.perm_mask[:, n:, :n].any()              # and see the whole known prefix
 
 
 def test_slot_shards_default_to_disjoint_and_replicate_like_the_paper():

@@ -208,13 +208,6 @@ def test_for_method_keeps_lookahead_for_assd_only():
     assert cfg.for_method("ngram").k == 3 and cfg.for_method("ngram").bonus
 
 
-@pytest.fixture(scope="module")
-def peaked_model(local_tokenizer):
-    """Peaked, context-dependent conditionals: drafts get rejected, so adaptive k moves."""
-    return asarm.ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64,
-                                   initializer_range=0.6, seed=1)
-
-
 @pytest.mark.parametrize("lookahead", ["off", "full", "cheap"])
 def test_adaptive_k_follows_its_rule_round_by_round(peaked_model, lookahead):
     """From the decoder's calls alone: each round verifies k_t drafts and keeps a_t; the next round

@@ -111,13 +111,6 @@ def test_paper_ngram_makes_no_extra_query_and_bigram_does(tiny_model):
     assert any(min(rk) < nk == max(rk) for n_known, ranks in calls for nk, rk in zip(n_known, ranks))
 
 
-@pytest.fixture(scope="module")
-def peaked_model(local_tokenizer):
-    """A random model over the local tokenizer whose conditionals are peaked: tempering changes them."""
-    return asarm.ASARM.from_config(tokenizer=local_tokenizer, d_model=32, n_layer=2, n_head=2, d_inner=64,
-                                   initializer_range=0.6, seed=1)
-
-
 def test_draft0_paper_keeps_the_call_bound_where_verify0_breaks_it(peaked_model):
     x, sigma, m = _batch(peaked_model, b=16, n=24, seed=3)
     kw = dict(method="assd", k=4, temperature=0.3, temperature_mode="draft")

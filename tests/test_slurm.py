@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# slow: a real one-node Slurm
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun", "scontrol", "munged")
 

@@ -216,6 +216,7 @@ print(json.dumps({"drift": xlnet_pipeline_drift(tok), "mask": tok.mask_token_id,
 """
 
 
+@pytest.mark.slow
 def test_a_hub_id_from_the_local_cache_keeps_its_saved_pipeline(tmp_path):
     """``xlnet/xlnet-base-cased`` as the hub cache holds it (config.json, spiece.model,
     tokenizer.json, no tokenizer_config.json), offline: the loader finds the cached

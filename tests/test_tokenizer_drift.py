@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# slow: whole data files encoded
+pytestmark = pytest.mark.slow
+
 FIXTURE = Path(__file__).parent / "fixtures" / "xlnet_v4_tokenizer"
 HUMANEVAL = ("SingleLineInfilling", "MultiLineInfilling", "RandomSpanInfilling",
              "RandomSpanInfillingLight")

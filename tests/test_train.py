@@ -21,7 +21,8 @@ TINY = dict(dataset="stdlib", eval_docs=10, seq_len=32, init="fresh", tokenizer=
             log_steps=1, eval_steps=0, eval_rates=[0.5], eval_batches=1, sample_rows=1, sample_rate=0.5, progress=False)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: training runs
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _cfg(tmp_path, name="run", **kw) -> TrainConfig:

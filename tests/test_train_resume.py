@@ -65,14 +65,9 @@ def signal_after(step: int, signum: int):
     return after_step
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread for the whole module, the module-scoped reference run included: faster for tiny models on
-    shared cores, and the same arithmetic in every run (the thread count changes float sums, so the weights)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread for the whole module, its module-scoped reference run included (conftest.one_thread)
+# slow: training chains with interruptions
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Density-estimation side tasks (docs/design.md, Evaluations; docs/protocol-nlp.md): LAMBADA and HellaSwag.
+"""Density-estimation side tasks, LAMBADA and HellaSwag (docs/design.md, Evaluations; docs/protocols.md).
 
 * ``lambada``: each passage's last word is the target. Context and target are
   encoded each on its own (the target's opening ``▁`` is the space before it),

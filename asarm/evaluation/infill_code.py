@@ -1,4 +1,4 @@
-"""Code infilling on HumanEval-infilling (docs/design.md, Evaluations; docs/protocol-code.md).
+"""Code infilling on HumanEval-infilling (docs/design.md, Evaluations; docs/protocols.md).
 
 Each task's masked middle gets exactly as many mask tokens as its canonical
 solution has (after the code whitespace mapping of ``asarm.tokenizer``:
@@ -399,16 +399,8 @@ def choose_harness(choice: str) -> tuple[bool, str]:
     return True, reason
 
 
-def load_tokenizer_only(args):
-    """The tokenizer of ``--tokenizer`` alone (no model), else the model's (``load_model_and_tokenizer``)."""
-    from ..loading import load_model_and_tokenizer
-    from ..tokenizer import load_tokenizer
-
-    return load_tokenizer(args.tokenizer) if args.tokenizer else load_model_and_tokenizer(args)[1]
-
-
 def run(args) -> int:
-    from ..loading import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer, load_tokenizer_alone, mark_no_model
 
     # first, before anything is loaded or written: a bad sampler option fails here, naming it
     method = args.method or ("assd" if not args.score_samples else None)
@@ -429,14 +421,17 @@ def run(args) -> int:
                                          "workers", "code_whitespace", "code_encoding", "context")}
     cfg["sampling"] = sampling
 
+    # self-checks run no model; what they use is set on args before config.json records it
+    tokenizer = load_tokenizer_alone(args) if args.method == "oracle" else None
+    if args.method == "canonical":
+        mark_no_model(args)
+
     def make_process():
-        model = tokenizer = None
-        if args.method == "oracle":
-            tokenizer = load_tokenizer_only(args)
-        elif args.method not in ("canonical", "samples"):
+        model, tok = None, tokenizer
+        if args.method not in ("oracle", "canonical", "samples"):
             # --banned is applied there; code keeps its whitespace specials sampleable (banned_ids_for)
-            model, tokenizer = load_model_and_tokenizer(args)
-        return lambda units, seeds: process_tasks(units, seeds, model, tokenizer, cfg, official)
+            model, tok = load_model_and_tokenizer(args)
+        return lambda units, seeds: process_tasks(units, seeds, model, tok, cfg, official)
 
     run_evaluation("infill-code", args, units, make_process)
     return 0
@@ -468,6 +463,8 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
     Also writes the completions to ``out_dir/official_samples.jsonl`` (``export_samples``),
     the input of ``--score-samples``.
     """
+    from ..loading import describe_model
+
     export_samples(records, Path(out_dir) / EXPORT_FILE)
     by_task: dict[str, list[dict]] = {}
     for r in records:
@@ -501,7 +498,7 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
         what = f"samples {config['score_samples']} (sha256 {str(config.get('samples_sha256'))[:12]}), " \
                f"harness: {config.get('harness_used')}"
     else:
-        what = f"model {config.get('model')} ({config.get('revision')}), harness: {config.get('harness_used')}, " \
+        what = f"{describe_model(config)}, harness: {config.get('harness_used')}, " \
                f"encoding: {config.get('code_encoding')}, context: {config.get('context')}"
     return results, f"Code infilling (HumanEval-infilling), {what}\n\n{table}"
 
@@ -521,8 +518,9 @@ def register(sub) -> None:
                         "SingleLineInfilling/HumanEval/0/L3)")
     p.add_argument("--method", default=None, choices=["sequential", "assd", "ngram", "oracle", "canonical"],
                    help="sampling method (default: assd); 'oracle' writes the canonical middle's token ids in place of samples "
-                        "(tokenization, decoding and stitching self-check, no model); 'canonical' runs the "
-                        "reference solutions untokenized (harness self-check)")
+                        "(tokenization, decoding and stitching self-check; no model: --tokenizer's or "
+                        "the offline tokenizer); 'canonical' runs the reference solutions untokenized "
+                        "(harness self-check; no model, no tokenizer)")
     add_protocol_argument(p)
     add_sampling_arguments(p, skip=("method",), defaults={"k": "from --protocol (asarm 5, paper 10)",
                                                           "ngram_draft": "from --protocol",

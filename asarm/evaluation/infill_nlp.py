@@ -1,4 +1,4 @@
-"""Story infilling on ROCStories (docs/design.md, Evaluations; docs/protocol-nlp.md).
+"""Story infilling on ROCStories (docs/design.md, Evaluations; docs/protocols.md).
 
 Each story is sentences 1-4 plus its right ending (sentence 5). Two settings:
 
@@ -169,7 +169,7 @@ def record_scores(record: dict) -> dict[str, tuple[float, float, float]]:
 
 
 def run(args) -> int:
-    from ..loading import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer, load_tokenizer_alone
 
     # first, before anything is loaded or written: a bad sampler option fails here, naming it
     sampling = sampling_config(args, infill=True, method=args.method if args.method != "oracle" else None)
@@ -181,9 +181,15 @@ def run(args) -> int:
     cfg = {k: getattr(args, k) for k in ("method", "order", "trials", "max_length", "rouge_stemmer")}
     cfg["sampling"] = sampling
 
-    def make_process():
-        model, tokenizer = load_model_and_tokenizer(args)
-        return lambda units, seeds: process_stories(units, seeds, model, tokenizer, cfg)
+    if args.method == "oracle":  # no model: the tokenizer alone, before config.json records it
+        tokenizer = load_tokenizer_alone(args)
+
+        def make_process():
+            return lambda units, seeds: process_stories(units, seeds, None, tokenizer, cfg)
+    else:
+        def make_process():
+            model, tokenizer = load_model_and_tokenizer(args)
+            return lambda units, seeds: process_stories(units, seeds, model, tokenizer, cfg)
 
     run_evaluation("infill-nlp", args, units, make_process)
     return 0
@@ -223,6 +229,8 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
     ``results[setting]["rouge1"]`` etc. hold the headline figures; the table
     shows them and the other aggregate's average.
     """
+    from ..loading import describe_model
+
     headline = config.get("rouge") or "mean"
     other = next(a for a in ROUGE_AGGREGATES if a != headline)
     seed = int(config.get("seed") or 0)
@@ -238,7 +246,7 @@ def summarize(records: list[dict], config: dict, out_dir: Path) -> tuple[dict, s
     table = markdown_table(["setting", "samples", "ROUGE-1", "ROUGE-2", "ROUGE-L", f"ROUGE avg ({names[headline]})",
                             f"ROUGE avg ({names[other]})", "NFE"] + (["samples/s"] if fast else []), rows)
     stem = "with" if config.get("rouge_stemmer") else "without"
-    return results, (f"ROCStories infilling, model {config.get('model')} ({config.get('revision')}), "
+    return results, (f"ROCStories infilling, {describe_model(config)}, "
                      f"method {config.get('method')}, k {sampling_value(config, 'k')}, {config.get('trials')} trials per story; "
                      f"ROUGE F1 x 100 {stem} stemmer, headline aggregate: {names[headline]}\n\n{table}")
 
@@ -263,7 +271,9 @@ def register(sub) -> None:
     p.add_argument("--settings", nargs="+", default=["middle", "long"], choices=list(SETTINGS),
                    help="middle: infill sentence 3 given 1-2 and 4-5; long: infill 2-4 given 1 and 5")
     p.add_argument("--method", default="assd", choices=list(METHODS),
-                   help="sampler; 'oracle' writes the true middle instead (pipeline self-check: ROUGE 100)")
+                   help="sampler; 'oracle' writes the true middle instead (pipeline self-check, no "
+                        "model: --tokenizer's or the offline tokenizer; ROUGE 100 when the text "
+                        "round-trips)")
     p.add_argument("--banned", default=None, choices=["specials", "mask"],
                    help="ids never sampled: every special, or only <mask> (default: from --protocol)")
     p.add_argument("--order", default="sorted", choices=["sorted", "random"])

@@ -4,7 +4,7 @@ A protocol is a named set of defaults for the choices that move the reported
 numbers. Every choice is also an option of its own: a command's option left
 unset (``None``) takes the protocol's value, an option given on the command
 line wins, and the resolved value is recorded in ``config.json`` /
-``results.json`` (with the protocol's name). The README's protocol table lists
+``results.json`` (with the protocol's name). docs/protocols.md's protocol table lists
 each choice with the paper code's behaviour and its measured effect.
 
 Fields (each names the option that overrides it):

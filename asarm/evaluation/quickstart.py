@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..utils import atomic_write_json
+from ..utils import add_threads_argument, atomic_write_json, set_threads
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml"
 # Settings on top of configs/tiny_cpu.yaml that keep the whole quickstart within ~5 minutes on 2 cores.
@@ -79,12 +79,10 @@ def as_command(options: dict) -> str:
 
 
 def run(args) -> int:
-    import torch
-
     from . import speculative
 
     t0 = time.perf_counter()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.output_dir)
     run_dir, cfg, train_s = train_tiny(out / "train", args.train_config, args.train_steps, args.progress)
     data = out / "heldout.txt"
@@ -114,7 +112,6 @@ def register(sub) -> None:
     p.add_argument("--visible-frac", type=float, default=0.05, help="(default: %(default)s)")
     p.add_argument("--k", type=int, default=None, help="ASSD draft length (default: SamplingConfig's, 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s; 1 is fastest "
-                                                         "for a tiny model)")
+    add_threads_argument(p, default=1)  # tiny models: 1 is the fastest, and the table's setting
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..utils import atomic_write_json, atomic_write_text
+from ..utils import add_threads_argument, atomic_write_json, atomic_write_text, set_threads
 
 
 
@@ -87,8 +87,7 @@ def add_run_arguments(p, default_output: str) -> None:
     p.add_argument("--batch-size", type=int, default=1,
                    help="units decoded together in one batched sampler call; each unit keeps its own seed, so the "
                         "per-unit results do not depend on it (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default 0: torch's choice; 1 is fastest for tiny models on busy CPUs)")
+    add_threads_argument(p)
 
 
 def unit_seed(seed: int, uid: str) -> int:
@@ -299,10 +298,7 @@ def run_evaluation(evaluation: str, args, units: list[Unit], make_process: Calla
 
     Returns the results when every unit is done (else None: other shards pending).
     """
-    if getattr(args, "threads", 0):
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(getattr(args, "threads", 0))
     if args.overwrite and args.num_shards > 1:
         raise ValueError("--overwrite would delete the other shards' results; with --num-shards > 1 remove the "
                          "output directory once before starting the shards instead")

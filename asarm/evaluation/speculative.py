@@ -1,4 +1,4 @@
-"""Speculative-decoding comparison (docs/design.md, Evaluations; docs/protocol-wikitext.md; the paper's WikiText experiment).
+"""Speculative-decoding comparison, the paper's WikiText experiment (docs/design.md, docs/protocols.md).
 
 WikiText rows are tokenized with the AS-ARM's tokenizer, each followed by
 ``</s>``, and packed into ``--seq-len`` chunks. Trial ``t`` takes chunk ``t``,
@@ -671,7 +671,7 @@ def register(sub) -> None:
     from ..loading import add_model_arguments
 
     p = sub.add_parser("speculative", help="speculative-decoding comparison on WikiText (NFE, time, PPL, entropy)",
-                       description="Generate ~95%% of packed text chunks with sequential decoding, ASSD and the "
+                       description="Generate ~95% of packed text chunks with sequential decoding, ASSD and the "
                                    "n-gram draft; compare calls, time, judge perplexity and entropy (paper, sec. 6).")
     add_model_arguments(p, asarm_revision="nlp_210k_plus_75k")
     p.add_argument("--data", default=default_data("wikitext-2-raw/wiki.test.raw"),
