@@ -35,8 +35,8 @@ launcher_help() {
   echo "Relative paths are relative to the repository. Under sbatch --array, each task runs one shard."
 }
 
-# launcher_eval_args SCRIPT ARGS...: --help prints the help and exits 0; any other argument is refused.
-launcher_eval_args() {
+# launcher_help_requested SCRIPT ARGS...: -h or --help anywhere prints the help and exits 0.
+launcher_help_requested() {
   local script="$1"; shift
   local arg
   for arg in "$@"; do
@@ -44,6 +44,12 @@ launcher_eval_args() {
       -h|--help) launcher_help "$script"; exit 0 ;;
     esac
   done
+}
+
+# launcher_eval_args SCRIPT ARGS...: --help prints the help and exits 0; any other argument is refused.
+launcher_eval_args() {
+  local script="$1"; shift
+  launcher_help_requested "$script" "$@"
   if [ $# -gt 0 ]; then
     echo "$(basename "$script"): unknown argument '$1': settings are environment variables" \
          "(NAME=value bash $(basename "$script")), extra command options go in EXTRA_ARGS; see --help" >&2
@@ -55,12 +61,7 @@ launcher_eval_args() {
 # `--key=value` (asarm train's config overrides, checked by asarm train itself).
 launcher_train_args() {
   local script="$1"; shift
-  local arg
-  for arg in "$@"; do
-    case "$arg" in
-      -h|--help) launcher_help "$script"; exit 0 ;;
-    esac
-  done
+  launcher_help_requested "$script" "$@"
   while [ $# -gt 0 ]; do
     case "$1" in
       --*=*) shift ;;
