@@ -424,6 +424,8 @@ def run(args) -> int:
     from ..loading import load_model_and_tokenizer
 
     # first, before anything is loaded or written: a bad sampler option fails here, naming it
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (programs run at once), got {args.workers}")
     method = args.method or ("assd" if not args.score_samples else None)
     sampling = sampling_config(args, infill=True, method=method if method in SAMPLED else None)
     apply_protocol(args, {"context": "code_context"})  # config.json records the resolved values
@@ -437,8 +439,6 @@ def run(args) -> int:
     if args.num_samples < 1:
         raise ValueError("--num-samples must be >= 1")
     validate_limits(args.timeout, args.memory_mb)  # before any model is loaded
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1 (programs run at once), got {args.workers}")
     official, args.harness_used = choose_harness(args.harness)
     refuse_untrusted_under_guard(args)
     cfg = {k: getattr(args, k) for k in ("method", "order", "num_samples", "max_length", "timeout", "memory_mb",
