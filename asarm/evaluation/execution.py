@@ -31,8 +31,10 @@ and kept out of the program's reach by the guard). ``sys.exit``, ``os._exit``,
 ``ASARM_EXEC_ISOLATION=guard`` to force the guard alone, ``namespaces`` to
 require namespaces (an error where they do not work).
 
-Not covered (inherent to the benchmark): a completion that returns an object
-whose ``__eq__`` is always true passes assert-style tests.
+``check_completion`` decides verdicts outside the program (``run_checked``: the program serves its entry
+point, the test runs in a trusted process and gets plain data back), falling back to the in-process check
+above only for tasks whose canonical solution needs more (``task_check_mode``; none of HumanEval-infilling's
+8652); see docs/executor.md, which also lists what a program can still do under the guard alone.
 
 When the official ``human_eval_infilling`` package is installed (and its
 ``exec`` line has been enabled, which ``official_harness_usable`` checks by
@@ -62,10 +64,10 @@ MIN_MEMORY_MB = 128  # below this the interpreter itself cannot start under RLIM
 ISOLATION_ENV = "ASARM_EXEC_ISOLATION"
 # What a program can still do where bubblewrap does not work (the in-process guard alone); docs/executor.md.
 GUARD_RESIDUAL_RISKS = (
-    "without namespaces a program can still read files and processes' metadata of the same user outside its "
-    "folder, write through os.open(..., dir_fd=) paths the audit hook cannot resolve, fill the disk of its "
-    "temporary folder (16 MiB per file, no total), and use builtin modules the guard does not know; verdicts "
-    "are still decided outside the program (tasks with plain-data checks)")
+    "without namespaces a program can still read files of your user outside its folder, write through "
+    "os.open(..., dir_fd=) paths, fill the disk of its temporary folder (16 MiB per file, no total), use builtin "
+    "modules the guard does not know (subinterpreters, named semaphores), ioctls and pidfd calls, and leave its "
+    "asarm-exec-* folder if the evaluator is killed (docs/executor.md); verdicts stay decided outside it")
 OUT_OF_PROCESS, IN_PROCESS = "out-of-process", "in-process"  # where a verdict is decided (ExecResult.check)
 SCRATCH_TMP_MB = 64  # the sandbox's /tmp; its working directory gets the rest of --memory-mb
 
