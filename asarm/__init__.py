@@ -3,6 +3,7 @@
 Guo & Ermon, "Reviving Any-Subset Autoregressive Models with Principled Parallel
 Sampling and Speculative Decoding" (arXiv 2504.20456).
 """
+from . import startup as _startup  # noqa: F401  (first: a SIGTERM while importing is recorded)
 
 from . import orders
 from .decoders import PlainDecoder

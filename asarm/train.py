@@ -53,7 +53,7 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -492,7 +492,9 @@ class StopFlag:
 def sigterm_requests_stop() -> Iterator[StopFlag]:
     """Within the block SIGTERM sets the yielded flag instead of ending the process (the trainer checks it at
     every step boundary); the previous handler is back when the block ends, however it ends."""
-    flag = StopFlag()
+    from . import startup
+
+    flag = StopFlag(requested=startup.TERM_RECEIVED)  # a SIGTERM while `asarm train` was still importing
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(flag, "requested", True))
     try:
         yield flag
@@ -826,6 +828,52 @@ def open_run_dir(run: Run, state: TrainState, attempt: Attempt, changes: dict) -
     state.wandb_id = run.log.wandb_id
 
 
+class RunLocked(ValueError):
+    """Another live process trains into the same ``output_dir`` (``run_lock``)."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (``flock``) for the block: one training run per output directory.
+
+    The file holds the holder's PID, host and start time, so a refusal (``RunLocked``, at once) names it.
+    The kernel releases the lock when the holder exits or is killed, so a stale file never blocks; where
+    ``fcntl`` is missing (Windows) the block runs unlocked, as the evaluations' ``shard_lock``."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"output_dir '{run_dir}' is a file, not a directory; choose another --output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            try:
+                h = json.loads(holder)
+                holder = f"PID {h['pid']} on {h['host']}, started {h['started']}"
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise RunLocked(f"output_dir '{run_dir}' is in use by another training run ({holder}); wait for it to "
+                            "finish or stop it (a requeued job whose predecessor still runs), or choose another "
+                            "--output_dir") from None
+        import socket
+
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # ---------------------------------------------------------------------------- entry points
 def train(cfg: TrainConfig, *, after_step: Callable[[TrainState], None] | None = None) -> Path:
     """Train (or resume) a run; returns its directory. Every check runs before the first step.
@@ -835,15 +883,20 @@ def train(cfg: TrainConfig, *, after_step: Callable[[TrainState], None] | None =
     (``record_failure``). ``after_step(state)``: called after every step's evaluation and checkpoint, for tests
     that inject crashes (``tests/test_train_resume.py``)."""
     attempt = Attempt(main=int(os.environ.get("RANK", "0")) == 0)
-    # installed first: a SIGTERM during start-up is acted on as soon as the state exists
-    with sigterm_requests_stop() as flag:
+    # installed first: a SIGTERM during start-up is acted on as soon as the state exists. The run lock (main
+    # process) is held until after record_failure: a failure never writes into the status of a run that took over
+    with sigterm_requests_stop() as flag, ExitStack() as held:
         try:
             check_config(cfg)
+            if attempt.main:
+                held.enter_context(run_lock(Path(cfg.output_dir)))
             run, state = start(cfg, attempt)
             step_fn = make_step_fn(cfg, run.accelerator, run.slots)
             stopping, data_ended = train_loop(run, state, step_fn, lambda: stop_requested(run.accelerator, flag),
                                               after_step)
             finish(run, state, stopping, data_ended)
+        except RunLocked:
+            raise  # the directory is another live run's: its status is not ours to touch
         except BaseException as exc:
             record_failure(cfg, attempt, exc)
             end_trackers_after_error(attempt.accelerator)

@@ -235,7 +235,50 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"max_epochs must be >= 0 (0: no limit), got {cfg.max_epochs}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {cfg.lr}")
+    _check_ranges(cfg)
+    _check_model_config(cfg.model_config)
     _check_loggers(cfg.report_to)
+
+
+MAX_LOCAL_VOCAB = 1_000_000
+SEED_RANGE = (0, 2**63 - 1)  # what torch's generators and the data order take
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Numbers whose wrong sign or size would train silently wrong (a negative grad_clip flips every gradient)."""
+    if not (isinstance(cfg.grad_clip, (int, float)) and math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise ValueError(f"grad_clip must be >= 0 (the largest gradient norm; 0 turns clipping off), "
+                         f"got {cfg.grad_clip}")
+    for name in ("warmup_steps", "rate_warmup_steps"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0: no warm-up), got {getattr(cfg, name)}")
+    if not (isinstance(cfg.seed, int) and SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]):
+        raise ValueError(f"seed must be an integer in {SEED_RANGE[0]}..2**63-1, got {cfg.seed}")
+    if cfg.tokenizer == "local" and not 100 <= cfg.local_vocab_size <= MAX_LOCAL_VOCAB:
+        raise ValueError(f"local_vocab_size must be between 100 and {MAX_LOCAL_VOCAB:,} (the SentencePiece trainer "
+                         f"finds no more pieces than its text sample holds; XLNet's has 32,000), "
+                         f"got {cfg.local_vocab_size}")
+
+
+def _check_model_config(model_config: dict) -> None:
+    """``model_config`` keys must be XLNetConfig fields (a typo would be ignored), sizes positive integers."""
+    import difflib
+
+    from transformers import XLNetConfig
+
+    if not isinstance(model_config, dict):
+        raise ValueError(f"model_config must be a mapping of XLNetConfig fields, got {model_config!r}")
+    known = set(XLNetConfig().to_dict()) - {"transformers_version", "_name_or_path", "architectures"}
+    for key in model_config:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ValueError(f"model_config: unknown XLNetConfig field '{key}'; {hint}"
+                             f"fields are e.g. d_model, n_layer, n_head, d_inner")
+    for key in ("d_model", "n_layer", "n_head", "d_inner", "vocab_size"):
+        value = model_config.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"model_config: {key} must be a positive integer, got {value!r}")
 
 
 def _check_choices(cfg: TrainConfig) -> None:

@@ -344,3 +344,35 @@ def test_a_mistyped_init_model_is_named_before_any_tokenizer_is_built(capsys, tm
     assert_clear(*run_main(capsys, "train", "--config", "configs/tiny_cpu.yaml", "--init", str(missing),
                            "--tokenizer", "local", "--output_dir", str(run)), str(missing))
     assert not (run / "tokenizer").exists()
+
+
+# ---------------------------------------------------------------------------- issue 20: silent or unclear before
+TRAIN_FAULTS = {
+    "nested key typo": (["--model_config", "{n_layers: 2}"], ["model_config", "'n_layers'", "did you mean 'n_layer'"]),
+    "zero layers": (["--model_config", "{n_layer: 0}"], ["n_layer must be a positive integer"]),
+    "negative grad_clip": (["--grad_clip", "-1"], ["grad_clip must be >= 0", "0 turns clipping off"]),
+    "negative warmup": (["--warmup_steps", "-3"], ["warmup_steps must be >= 0"]),
+    "unreachable vocabulary": (["--local_vocab_size", "10000000"], ["local_vocab_size must be between 100 and"]),
+    "seed beyond 64 bits": (["--seed", str(2**70)], ["seed must be an integer in 0..2**63-1"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_FAULTS))
+def test_train_faults_are_refused_before_anything_runs(name, capsys, tmp_path):
+    extra, phrases = TRAIN_FAULTS[name]
+    out = tmp_path / "run"
+    assert_clear(*run_main(capsys, "train", "--config", "configs/tiny_cpu.yaml", "--output_dir", str(out), *extra),
+                 *phrases)
+    assert not out.exists()  # refused before the run directory was made
+
+
+def test_train_output_dir_that_is_a_file_is_named(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a directory")
+    assert_clear(*run_main(capsys, "train", "--config", "configs/tiny_cpu.yaml", "--output_dir", str(out)),
+                 f"output_dir '{out}' is a file")
+
+
+def test_infill_code_negative_workers_is_refused(capsys, tmp_path):
+    assert_clear(*run_main(capsys, "infill-code", "--method", "canonical", "--workers", "-1",
+                           "--output-dir", str(tmp_path / "o")), "--workers must be >= 1")

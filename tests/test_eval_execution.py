@@ -128,7 +128,29 @@ HOSTILE = {
     "nonce via a signal frame": "    import signal\n    signal.signal(signal.SIGALRM, lambda s, f: None)\n    return a - b\n",
     "reimport posix for _exit": "    import sys, importlib\n    del sys.modules['posix']\n    import posix\n"
                                 "    print(); posix._exit(0)\n",
+    # forgeries of the in-process notary (issue 20): decided outside the program, they are only wrong answers
+    "patched sys._getframe": "    import sys\n    real = sys._getframe\n"
+                             "    sys._getframe = lambda depth=0: real(depth + 1)\n    return a - b\n",
+    "own audit hook": "    import sys\n    sys.addaudithook(lambda e, a: None)\n    sys.audit('asarm.finished')\n"
+                      "    return a - b\n",
+    "fresh _signal handler": "    import _signal\n    try:\n        _signal.signal(14, lambda s, f: None)\n"
+                             "    except Exception:\n        pass\n    return a - b\n",
+    "report written to every fd": "    import os, json\n    for fd in range(64):\n        try:\n"
+                                  "            os.write(fd, json.dumps({{'passed': True}}).encode())\n"
+                                  "        except Exception:\n            pass\n    return a - b\n",
+    "always-equal object": "    class E:\n        def __eq__(self, other):\n            return True\n"
+                           "    return E()\n",
+    "always-equal int subclass": "    class I(int):\n        def __eq__(self, other):\n            return True\n"
+                                 "    return I(0)\n",
+    "answers forged on the protocol fd": "    import os, json\n    frame = json.dumps(['ok', ['i', '5']]).encode()\n"
+                                         "    for fd in range(3, 16):\n        try:\n"
+                                         "            os.write(fd, len(frame).to_bytes(8, 'big') + frame)\n"
+                                         "        except Exception:\n            pass\n    return a - b\n",
 }
+
+# forgeries that only the out-of-process check stops (the in-process fallback is the notary's word)
+IN_PROCESS_BLIND = {"always-equal object", "always-equal int subclass", "patched sys._getframe", "own audit hook",
+                    "fresh _signal handler", "report written to every fd", "answers forged on the protocol fd"}
 
 
 # what the in-process guard alone cannot see (docs/evaluations.md, code execution): namespaces stop these
@@ -146,17 +168,21 @@ def isolation(request, monkeypatch):
     execution.isolation_mode.cache_clear()
 
 
+@pytest.mark.parametrize("checks", ["auto", "in-process"])
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_completions_fail_and_leave_files_alone(name, tmp_path, isolation):
+def test_hostile_completions_fail_and_leave_files_alone(name, checks, tmp_path, isolation):
     if isolation == "guard" and name in GUARD_BLIND:
         pytest.skip(f"{name}: the in-process guard cannot resolve dir_fd paths of os.open (namespaces do)")
+    if checks == "in-process" and name in IN_PROCESS_BLIND:
+        pytest.skip(f"{name}: only the check outside the program stops it")
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "data.txt").write_text("precious")
     code = HOSTILE[name].format(victim=victim, victim_file=victim / "data.txt")
     t0 = time.time()
-    result = check_completion(PROBLEM, code, timeout=2.0, memory_mb=512)
+    result = check_completion(PROBLEM, code, timeout=2.0, memory_mb=512, checks=checks)
     assert not result.passed, result
+    assert result.check == checks if checks != "auto" else result.check == "out-of-process"
     assert time.time() - t0 < 15
     if name == "fork_exec under setsid":
         time.sleep(3)  # a survivor would write victim/late now
@@ -288,3 +314,135 @@ def test_program_sees_none_of_the_evaluator():
 
 def test_build_program_matches_official_layout():
     assert build_program("P", "C", "S", "T", "f") == "PCS\nT\ncheck(f)"
+
+
+# ---------------------------------------------------------------- checks outside the program (issue 20)
+def _toy(test: str, canonical: str, prompt: str = "def f(g, x):\n") -> dict:
+    return {"task_id": "toy/callable", "entry_point": "f", "prompt": prompt, "suffix": "",
+            "canonical_solution": canonical, "test": test}
+
+
+def test_plain_data_round_trips_and_builtin_exceptions_reach_the_check():
+    """Every plain type comes back equal (big ints, nan-free floats, bytes, nested containers); an exception
+    of the candidate is raised in the checker as the builtin type (a subclass as its builtin base)."""
+    value = ("[None, True, 2**200, -7, 1.5, 1e308, 2j, 'é\\\\ud800', b'\\\\x00\\\\xff', (1, [2]), {'k': {3, 4}}, "
+             "frozenset({5}), {}, set(), ()]")
+    problem = _toy(f"def check(candidate):\n    assert candidate(None, 0) == {value}\n"
+                   "    try:\n        candidate(None, 1)\n"
+                   "    except KeyError as e:\n        assert 'missing' in str(e)\n"
+                   "    else:\n        raise AssertionError('no KeyError')\n",
+                   f"    if x:\n        class Missing(KeyError):\n            pass\n        raise Missing('missing')\n"
+                   f"    return {value}\n")
+    result = check_completion(problem, problem["canonical_solution"], checks="out-of-process")
+    assert result.passed and result.check == "out-of-process", result
+
+
+@pytest.mark.parametrize("kind", ["callable argument", "object result", "mutated argument"])
+def test_checks_that_need_more_than_plain_data_fall_back_in_process(kind):
+    """The task's canonical solution fails outside the program, so the in-process check decides (marked)."""
+    cases = {
+        "callable argument": ("def check(candidate):\n    assert candidate(lambda v: v + 1, 2) == 3\n",
+                              "    return g(x)\n", "    return x\n"),
+        "object result": ("def check(candidate):\n    assert list(candidate(None, 3)) == [0, 1, 2]\n",
+                          "    return iter(range(x))\n", "    return iter(range(x + 1))\n"),
+        "mutated argument": ("def check(candidate):\n    v = [3, 1]\n    candidate(v, 0)\n    assert v == [1, 3]\n",
+                             "    g.sort()\n", "    g.append(0)\n"),
+    }
+    test, right, wrong = cases[kind]
+    problem = _toy(test, right)
+    assert not check_completion(problem, right, checks="out-of-process").passed
+    good, bad = check_completion(problem, right), check_completion(problem, wrong)
+    assert good.passed and good.check == "in-process", good
+    assert not bad.passed and bad.check == "in-process", bad
+
+
+def test_helpers_of_the_prompt_are_available_to_the_check():
+    """HumanEval/38-style: the test calls a helper the prompt defines (taken from the canonical program)."""
+    prompt = "def enc(s):\n    return s[::-1]\n\ndef f(s):\n"
+    problem = _toy("def check(candidate):\n    assert candidate(enc('abc')) == 'abc'\n", "    return s[::-1]\n",
+                   prompt)
+    right = check_completion(problem, "    return s[::-1]\n", checks="out-of-process")
+    assert right.passed, right
+    assert not check_completion(problem, "    return s\n", checks="out-of-process").passed
+
+
+def test_out_of_process_verdicts_agree_with_the_in_process_check(shared_data):
+    """An agreement corpus on real tasks (the in-process check is the official harness's semantics): the
+    canonical middle, an empty-ish one, a wrong constant, another task's middle, the middle less its last line."""
+    problems = _problems(shared_data, "random-span-light")[::14]
+    jobs = []
+    for i, p in enumerate(problems):
+        other = problems[(i + 1) % len(problems)]["canonical_solution"]
+        lines = p["canonical_solution"].splitlines(keepends=True)
+        for c in (p["canonical_solution"], "pass\n", "0", other, "".join(lines[:-1]) if len(lines) > 1 else ""):
+            jobs.append((p, c))
+    out = check_many(jobs, timeout=10.0, checks="out-of-process")
+    ins = check_many(jobs, timeout=10.0, checks="in-process")
+    differ = [(p["task_id"], c, o.status, n.status) for (p, c), o, n in zip(jobs, out, ins) if o.passed != n.passed]
+    assert not differ, differ[:3]
+    assert 0 < sum(o.passed for o in out) < len(jobs)  # a mix, so agreement means something
+    assert all(o.check == "out-of-process" for o in out) and all(n.check == "in-process" for n in ins)
+
+
+def test_the_always_equal_class_fails_every_light_task(shared_data):
+    """Every ``return`` of the canonical middle made to return an object equal to anything: all fail (the
+    light file's tasks whose middle has a ``return`` line)."""
+    problems = _problems(shared_data, "random-span-light")
+    eq = "type('E', (), {'__eq__': lambda s, o: True, '__ne__': lambda s, o: False})()"
+    jobs = [(p, "".join(ln[:len(ln) - len(ln.lstrip())] + f"return {eq}\n" if ln.strip().startswith("return")
+                        else ln for ln in p["canonical_solution"].splitlines(keepends=True))) for p in problems]
+    jobs = [(p, c) for p, c in jobs if "return type(" in c]
+    assert len(jobs) >= 30
+    passed = [p["task_id"] for (p, c), r in zip(jobs, check_many(jobs, timeout=10.0)) if r.passed]
+    assert not passed, passed
+
+
+def test_the_sandbox_disk_is_limited_by_the_memory_limit():
+    """tmpfs pages are not in RLIMIT_AS: the working directory and /tmp hold --memory-mb together."""
+    if not _namespaces():
+        pytest.skip("without namespaces the guard writes into a host folder: no total (docs/executor.md)")
+    probe = ("import os\nwritten = 0\nchunk = b'x' * (8 << 20)\ntry:\n    for d in ('.', '/tmp'):\n"
+             "        for i in range(40):\n            with open(f'{d}/f{i}', 'wb') as f:\n"
+             "                f.write(chunk)\n            written += len(chunk)\nexcept OSError as e:\n"
+             "    assert e.errno == 28, e\nassert written <= 256 << 20, written\nassert written >= 128 << 20\n")
+    assert run_program(probe, timeout=20, memory_mb=256).passed
+
+
+def test_attack_samples_score_zero_through_score_samples(shared_data, tmp_path, monkeypatch, capsys):
+    """End to end (``asarm infill-code --score-samples``): three forgeries of a wrong answer score pass@1 = 0,
+    every verdict decided outside the program; under the guard alone the command refuses untrusted samples
+    unless ``--allow-guard``."""
+    from asarm.cli import main
+    from asarm.evaluation import execution
+
+    data = shared_data / "human-eval-infilling" / FILES["single-line"][0]
+    task = next(p for p in _problems(shared_data, "single-line")
+                if p["canonical_solution"].strip().startswith("return"))
+    indent = task["canonical_solution"][:len(task["canonical_solution"]) - len(task["canonical_solution"].lstrip())]
+    attacks = [indent + "return type('E', (), {'__eq__': lambda s, o: True, '__ne__': lambda s, o: False})()\n",
+               indent + "__import__('sys').addaudithook(lambda e, a: None); __import__('sys').audit('asarm.finished');"
+                        " return None\n",
+               indent + "[__import__('os').write(fd, b'{\"passed\": true, \"status\": \"passed\"}') "
+                        "for fd in (1, 3, 4, 5)]; return None\n"]
+    samples = tmp_path / "attack.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": task["task_id"], "completion": c}) + "\n" for c in attacks))
+    out = tmp_path / "scored"
+    argv = ["infill-code", "--score-samples", str(samples), "--data", str(data), "--no-progress"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results["pass@1"] == 0
+    records = [r for f in out.glob("samples.*.jsonl") for line in f.read_text().splitlines()
+               for r in json.loads(line)["records"]]
+    assert len(records) == 3 and {r["check"] for r in records} == {"out-of-process"}
+    monkeypatch.setenv(execution.ISOLATION_ENV, "guard")
+    execution.isolation_mode.cache_clear()
+    try:
+        capsys.readouterr()
+        assert main([*argv, "--output-dir", str(tmp_path / "guard")]) == 2
+        err = capsys.readouterr().err
+        assert "--allow-guard" in err and "untrusted" in err
+        assert main([*argv, "--output-dir", str(tmp_path / "guard"), "--allow-guard"]) == 0
+        assert "can still" in capsys.readouterr().err  # the residual risks, said at the start
+        assert json.loads((tmp_path / "guard" / "results.json").read_text())["results"]["pass@1"] == 0
+    finally:
+        execution.isolation_mode.cache_clear()

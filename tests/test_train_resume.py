@@ -409,3 +409,79 @@ def test_a_run_written_under_either_transformers_major_resumes_here(major, tmp_p
     again = load_tokenizer(str(latest_checkpoint(run)))
     assert latest_checkpoint(run).name == "step_00000004"
     assert again(text, add_special_tokens=False)["input_ids"] == before
+
+
+# ---------------------------------------------------------------------------- one run per directory (issue 20)
+def _start_cli_train(cfg: dict, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "asarm", "train", "--config", str(config), "--progress", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, config
+
+
+def _wait_for(predicate, seconds: float = 240) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_first(corpus, tmp_path, capsys):
+    """Two `asarm train` on one output_dir: the second (--resume auto, a requeue racing its predecessor) is
+    refused at once with the first's PID and host, and leaves its status alone; the lock goes with the first."""
+    from asarm.cli import main
+    from asarm.train import run_lock
+
+    run_dir = tmp_path / "run"
+    proc, config = _start_cli_train(_cfg(corpus, run_dir, max_steps=100_000, save_steps=100_000), tmp_path)
+    try:
+        _wait_for(lambda: (run_dir / "status.json").is_file() or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        assert _status(run_dir)["state"] == "running"
+        capsys.readouterr()
+        # (a short run, so that a missing lock fails the test quickly instead of training beside the first)
+        assert main(["train", "--config", str(config), "--resume", "auto", "--max_steps", "3"]) == 2
+        err = capsys.readouterr().err
+        assert "in use by another training run" in err and f"PID {proc.pid}" in err, err
+        assert _status(run_dir)["state"] == "running"  # not set to failed by the refused one
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=240)
+    assert _status(run_dir)["state"] == "interrupted"
+    with run_lock(run_dir):  # released with the first run
+        pass
+
+
+def test_sigterm_while_the_command_is_still_importing_leaves_interrupted(corpus, tmp_path):
+    """The start-up window: SIGTERM as soon as `asarm train` can take it (before torch is imported) ends
+    the run as interrupted (requeued), not killed with no status or a stale `running`."""
+    run_dir = tmp_path / "run"
+    proc, _ = _start_cli_train(_cfg(corpus, run_dir, max_steps=100_000, save_steps=100_000), tmp_path)
+
+    def catches_sigterm() -> bool:
+        for line in open(f"/proc/{proc.pid}/status"):
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+        return False
+
+    try:
+        _wait_for(lambda: proc.poll() is not None or catches_sigterm(), 60)
+        assert "libtorch" not in open(f"/proc/{proc.pid}/maps").read()  # caught before torch is even loaded
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    assert _status(run_dir)["state"] == "interrupted"
+
+
+def test_only_the_train_command_records_an_early_sigterm():
+    """Another program that imports asarm keeps SIGTERM's default (it must still be killable)."""
+    from asarm.startup import is_train_command
+
+    assert is_train_command(["-m", "train"]) and is_train_command(["/venv/bin/asarm", "--debug", "train"])
+    assert is_train_command(["/repo/asarm/__main__.py", "train", "--config", "x.yaml"])
+    assert not is_train_command(["run.py", "train"]) and not is_train_command(["asarm", "infill"])

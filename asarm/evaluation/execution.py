@@ -31,8 +31,10 @@ and kept out of the program's reach by the guard). ``sys.exit``, ``os._exit``,
 ``ASARM_EXEC_ISOLATION=guard`` to force the guard alone, ``namespaces`` to
 require namespaces (an error where they do not work).
 
-Not covered (inherent to the benchmark): a completion that returns an object
-whose ``__eq__`` is always true passes assert-style tests.
+``check_completion`` decides verdicts outside the program (``run_checked``: the program serves its entry
+point, the test runs in a trusted process and gets plain data back), falling back to the in-process check
+above only for tasks whose canonical solution needs more (``task_check_mode``; none of HumanEval-infilling's
+8652); see docs/executor.md, which also lists what a program can still do under the guard alone.
 
 When the official ``human_eval_infilling`` package is installed (and its
 ``exec`` line has been enabled, which ``official_harness_usable`` checks by
@@ -42,6 +44,7 @@ runs its ``check_correctness`` inside the same kind of isolated process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -50,6 +53,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,36 +62,18 @@ from functools import lru_cache
 MAX_OUTPUT_BYTES = 16 * 2**20
 MIN_MEMORY_MB = 128  # below this the interpreter itself cannot start under RLIMIT_AS
 ISOLATION_ENV = "ASARM_EXEC_ISOLATION"
+# What a program can still do where bubblewrap does not work (the in-process guard alone); docs/executor.md.
+GUARD_RESIDUAL_RISKS = (
+    "without namespaces a program can still read files of your user outside its folder, write through "
+    "os.open(..., dir_fd=) paths, fill the disk of its temporary folder (16 MiB per file, no total), use builtin "
+    "modules the guard does not know (subinterpreters, named semaphores), ioctls and pidfd calls, and leave its "
+    "asarm-exec-* folder if the evaluator is killed (docs/executor.md); verdicts stay decided outside it")
+OUT_OF_PROCESS, IN_PROCESS = "out-of-process", "in-process"  # where a verdict is decided (ExecResult.check)
+SCRATCH_TMP_MB = 64  # the sandbox's /tmp; its working directory gets the rest of --memory-mb
 
-# Runs inside the child. Reads the nonce and the files from stdin, installs the guards,
-# executes program.py, and writes the nonce only when the program finished normally.
-_WRAPPER = r"""
-import os, sys, json, gc, signal, _signal, _thread, _posixsubprocess
-
-def _notary(secret, wrapper_code, module_frame, write, exit_):
-    # The only holder of the nonce: it writes it when the wrapper itself (called from the top-level
-    # frame) says the program finished. It never raises, so no traceback shows its frame.
-    def notary(event, args):
-        try:
-            if event == "asarm.finished":
-                caller = sys._getframe(1)
-                if caller.f_code is wrapper_code and caller.f_back is module_frame:
-                    write(1, ("\n" + secret).encode())
-                    exit_(0)
-        except BaseException:
-            pass
-    return notary
-
-def _guarded_main(write=os.write, exit_=os._exit, audit=sys.audit, exec_=exec, compile_=compile):
-    sys.addaudithook(_notary(sys.stdin.readline().strip(), _guarded_main.__code__, sys._getframe(1), write, exit_))
-    files = json.loads(sys.stdin.read())
-    sys.stdin.close()
-    for name, text in files.items():
-        with open(name, "w", encoding="utf-8") as f:
-            f.write(text)
-    with open("program.py", encoding="utf-8") as f:
-        source = f.read()
-    del files
+# The guard (shared by the program wrapper and the entry-point server): audit hook + removed functions.
+_GUARD = r"""
+def _install_guard():
     root = os.path.realpath(os.getcwd())
     realpath, fsdecode, sep = os.path.realpath, os.fsdecode, os.sep
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -153,6 +139,40 @@ def _guarded_main(write=os.write, exit_=os._exit, audit=sys.audit, exec_=exec, c
     subprocess.Popen = None
     sys.modules["_posixsubprocess"].fork_exec = None  # process creation the audit hook does not see
     builtins.exit = builtins.quit = builtins.help = None
+"""
+
+# Runs inside the child. Reads the nonce and the files from stdin, installs the guards,
+# executes program.py, and writes the nonce only when the program finished normally.
+_WRAPPER = r"""
+import os, sys, json, gc, signal, _signal, _thread, _posixsubprocess
+""" + _GUARD + r"""
+
+def _notary(secret, wrapper_code, module_frame, write, exit_):
+    # The only holder of the nonce: it writes it when the wrapper itself (called from the top-level
+    # frame) says the program finished. It never raises, so no traceback shows its frame.
+    def notary(event, args):
+        try:
+            if event == "asarm.finished":
+                caller = sys._getframe(1)
+                if caller.f_code is wrapper_code and caller.f_back is module_frame:
+                    write(1, ("\n" + secret).encode())
+                    exit_(0)
+        except BaseException:
+            pass
+    return notary
+
+def _guarded_main(write=os.write, exit_=os._exit, audit=sys.audit, exec_=exec, compile_=compile):
+    sys.addaudithook(_notary(sys.stdin.readline().strip(), _guarded_main.__code__, sys._getframe(1), write, exit_))
+    files = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    for name, text in files.items():
+        with open(name, "w", encoding="utf-8") as f:
+            f.write(text)
+    with open("program.py", encoding="utf-8") as f:
+        source = f.read()
+    del files
+    _install_guard()
+    import builtins
     try:
         exec_(compile_(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": builtins})
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, assertion errors: all failures
@@ -174,6 +194,239 @@ from human_eval_infilling.execution import check_correctness
 res = check_correctness(job["problem"], job["completion"], job["timeout"])
 os.write(1, ("\n" + nonce + json.dumps({"passed": bool(res["passed"]), "result": str(res["result"])})).encode())
 os._exit(0)
+"""
+
+# Plain data across the process boundary: the only values a check ever sees from the program. Exact types
+# only (a subclass of int with its own __eq__ is refused); anything else raises _NotPlain.
+_CODEC = r"""
+class _NotPlain(Exception):
+    pass
+
+def _enc(x, depth=0):
+    t = type(x)
+    if depth > 100:
+        raise _NotPlain("nested more than 100 levels")
+    if x is None:
+        return ["n"]
+    if t is bool:
+        return ["?", x]
+    if t is int:
+        return ["i", format(x, "x")]
+    if t is float:
+        return ["f", repr(x)]
+    if t is complex:
+        return ["c", repr(x.real), repr(x.imag)]
+    if t is str:
+        return ["s", x]
+    if t is bytes:
+        return ["b", x.hex()]
+    tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}.get(t)
+    if tag:
+        return [tag, [_enc(v, depth + 1) for v in x]]
+    if t is dict:
+        return ["d", [[_enc(k, depth + 1), _enc(v, depth + 1)] for k, v in x.items()]]
+    raise _NotPlain(f"a {t.__name__} is not plain data")
+
+def _dec(node, depth=0):
+    if type(node) is not list or not node or type(node[0]) is not str or depth > 100:
+        raise _NotPlain("malformed value")
+    tag, rest = node[0], node[1:]
+    def one(kind):
+        if len(rest) != 1 or type(rest[0]) is not kind:
+            raise _NotPlain("malformed value")
+        return rest[0]
+    if tag == "n" and not rest:
+        return None
+    if tag == "?":
+        return one(bool)
+    if tag == "i":
+        return int(one(str), 16)
+    if tag == "f":
+        return float(one(str))
+    if tag == "c" and len(rest) == 2 and all(type(r) is str for r in rest):
+        return complex(float(rest[0]), float(rest[1]))
+    if tag == "s":
+        return one(str)
+    if tag == "b":
+        return bytes.fromhex(one(str))
+    kind = {"l": list, "t": tuple, "S": set, "F": frozenset}.get(tag)
+    if kind:
+        return kind(_dec(v, depth + 1) for v in one(list))
+    if tag == "d":
+        out = {}
+        for pair in one(list):
+            if type(pair) is not list or len(pair) != 2:
+                raise _NotPlain("malformed value")
+            out[_dec(pair[0], depth + 1)] = _dec(pair[1], depth + 1)
+        return out
+    raise _NotPlain("malformed value")
+
+def _builtin_exception_name(exc):
+    # the first builtin exception class among its bases: what the checker raises in its place
+    import builtins
+    for cls in type(exc).__mro__:
+        if getattr(builtins, cls.__name__, None) is cls and issubclass(cls, Exception):
+            return cls.__name__
+    return "Exception"
+
+_MAX_FRAME = 64 * 2**20
+
+def _send(fd, obj, write):
+    data = json.dumps(obj).encode("utf-8", "surrogatepass")
+    data = len(data).to_bytes(8, "big") + data
+    while data:
+        data = data[write(fd, data):]
+
+def _recv(fd, read):
+    def exactly(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = read(fd, min(n - len(buf), 1 << 20))
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+    head = exactly(8)
+    if head is None:
+        return None
+    n = int.from_bytes(head, "big")
+    if n > _MAX_FRAME:
+        raise _NotPlain(f"a message of {n} bytes")
+    data = exactly(n)
+    if data is None:
+        return None
+    return json.loads(data.decode("utf-8", "surrogatepass"))
+"""
+
+# The untrusted side: runs prompt + completion + suffix (no test) under the guard, then answers calls of the entry
+# point with plain data. It decides nothing: whatever it sends is only data that the checker decodes and judges.
+_SERVER = r"""
+import os, sys, json, gc, signal, _signal, _thread, _posixsubprocess
+""" + _GUARD + _CODEC + r"""
+def _serve(read=os.read, write=os.write, exit_=os._exit, dup=os.dup, dup2=os.dup2):
+    pin, pout = dup(0), dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    dup2(null, 0)
+    dup2(2, 1)  # what the program prints goes to stderr, not into the answers
+    job = _recv(pin, read)
+    with open("program.py", "w", encoding="utf-8") as f:
+        f.write(job["program"])
+    entry = job["entry_point"]
+    del job
+    _install_guard()
+    import builtins
+    g = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(open("program.py", encoding="utf-8").read(), "program.py", "exec"), g)
+        fn = g[entry]
+    except BaseException as exc:
+        _send(pout, ["error", type(exc).__name__, str(exc)[:300]], write)
+        exit_(1)
+    _send(pout, ["ready"], write)
+    while True:
+        request = _recv(pin, read)
+        if request is None:
+            exit_(0)
+        args, kwargs = _dec(request[0]), _dec(request[1])
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            _send(pout, ["raise", _builtin_exception_name(exc), str(exc)[:300]], write)
+            continue
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: the program ends, as it would in-process
+            _send(pout, ["fatal", type(exc).__name__, str(exc)[:300]], write)
+            exit_(1)
+        try:
+            answer = ["ok", _enc(value)]
+        except (_NotPlain, RecursionError, ValueError) as exc:
+            answer = ["notplain", str(exc)[:200] if isinstance(exc, _NotPlain) else type(exc).__name__]
+        _send(pout, answer, write)
+_serve()
+"""
+
+# The trusted side: the task's test and check(candidate), run in its own process (never the program's). The
+# namespace is that of the canonical program (the dataset's, trusted) so that helpers the test uses exist;
+# candidate is a proxy that sends the arguments to the server and returns the decoded answer.
+_CHECKER = r"""
+import os, sys, json, builtins
+""" + _CODEC + r"""
+def _main():
+    to_server, from_server = int(sys.argv[1]), int(sys.argv[2])
+    job = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    report = {"passed": False, "status": "", "not_plain": False}
+    state = {"dead": None}
+    def finish(passed, status):
+        report["passed"], report["status"] = passed, status
+        os.write(1, json.dumps(report).encode())
+        os._exit(0)
+    try:
+        _send(to_server, {"program": job["program"], "entry_point": job["entry_point"]}, os.write)
+        hello = _recv(from_server, os.read)
+    except Exception as exc:
+        finish(False, f"failed: the program's process did not answer ({type(exc).__name__})")
+    if hello is None or hello[:1] != ["ready"]:
+        if isinstance(hello, list) and hello[:1] == ["error"] and len(hello) == 3:
+            finish(False, f"failed: {str(hello[1])[:80]}: {str(hello[2])[:200]}")
+        finish(False, "failed: the program ended before it could be called")
+
+    def call(args, kwargs):
+        if state["dead"]:
+            raise RuntimeError(state["dead"])
+        try:
+            request = [_enc(args), _enc(kwargs)]
+        except (_NotPlain, RecursionError) as exc:
+            report["not_plain"] = True
+            state["dead"] = f"the check passes what is not plain data to the candidate: {exc}"
+            raise RuntimeError(state["dead"])
+        try:
+            _send(to_server, request, os.write)
+            answer = _recv(from_server, os.read)
+        except (OSError, ValueError, _NotPlain) as exc:
+            answer = None
+        if type(answer) is not list or not answer or type(answer[0]) is not str:
+            state["dead"] = "the program ended during a call"
+            raise RuntimeError(state["dead"])
+        kind = answer[0]
+        if kind == "ok" and len(answer) == 2:
+            try:
+                return _dec(answer[1])
+            except (_NotPlain, RecursionError, ValueError, TypeError, OverflowError) as exc:
+                state["dead"] = f"the program answered with something that is not plain data ({exc})"
+                raise RuntimeError(state["dead"])
+        if kind == "raise" and len(answer) == 3 and type(answer[1]) is str and type(answer[2]) is str:
+            cls = getattr(builtins, answer[1], None)
+            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+                cls = Exception
+            raise cls(answer[2])
+        if kind == "notplain":
+            report["not_plain"] = True
+            state["dead"] = f"the candidate's result is refused: {str(answer[1:2])[2:-2][:200]}"
+        elif kind == "fatal" and len(answer) == 3:
+            state["dead"] = f"{str(answer[1])[:80]}: {str(answer[2])[:200]}"
+        else:
+            state["dead"] = "the program answered out of protocol"
+        raise RuntimeError(state["dead"])
+
+    entry = job["entry_point"]
+    def candidate(*args, **kwargs):
+        return call(args, kwargs)
+    candidate.__name__ = candidate.__qualname__ = entry
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        if job["trusted_program"]:
+            exec(compile(job["trusted_program"], "canonical.py", "exec"), ns)
+        exec(compile(job["test"], "test.py", "exec"), ns)
+        ns[entry] = candidate
+        ns["check"](candidate)
+    except BaseException as exc:
+        if state["dead"]:
+            finish(False, f"failed: {state['dead']}")
+        finish(False, f"failed: {type(exc).__name__}: {str(exc)[:300]}")
+    if state["dead"]:  # a broken call the check swallowed still fails, as a dead program would in-process
+        finish(False, f"failed: {state['dead']}")
+    finish(True, "passed")
+_main()
 """
 
 # In the guard-only mode the child asks the kernel to kill it when the evaluator dies.
@@ -200,12 +453,17 @@ def _bind_args(paths) -> list[str]:
     return args
 
 
-def namespace_command(argv: list[str], extra_paths: tuple[str, ...] = ()) -> list[str]:
-    """``argv`` wrapped in bubblewrap: read-only ``/usr`` + Python, tmpfs ``/sandbox`` as cwd, all namespaces new."""
+def namespace_command(argv: list[str], extra_paths: tuple[str, ...] = (), memory_mb: int = 1024) -> list[str]:
+    """``argv`` wrapped in bubblewrap: read-only ``/usr`` + Python, tmpfs ``/sandbox`` as cwd, all namespaces new.
+
+    The two tmpfs hold ``memory_mb`` MiB together (``/tmp`` ``SCRATCH_TMP_MB``, ``/sandbox`` the rest): tmpfs
+    pages are not counted by ``RLIMIT_AS``, so without a size a program could fill the host's memory."""
+    work_bytes = str((memory_mb - SCRATCH_TMP_MB) * 2**20)
     python_dirs = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(sys.executable))})
     # tmpfs first: a later mount shadows an earlier one, and a Python (venv) under /tmp must stay visible
     return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/sandbox",
+            "--proc", "/proc", "--dev", "/dev", "--size", str(SCRATCH_TMP_MB * 2**20), "--tmpfs", "/tmp",
+            "--size", work_bytes, "--tmpfs", "/sandbox",
             *_bind_args(["/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin"]), *_bind_args(python_dirs),
             *_bind_args(extra_paths), "--chdir", "/sandbox", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
             "--setenv", "TMPDIR", "/sandbox", "--setenv", "LANG", "C.UTF-8", "--setenv", "OMP_NUM_THREADS", "1",
@@ -248,7 +506,7 @@ def _run_isolated(files: dict[str, str], script: str, timeout: float, memory_mb:
     argv = [sys.executable, *flags, "-c", script]
     workdir = None
     if mode == "namespaces":
-        cmd, cwd = namespace_command(argv, extra_paths), None
+        cmd, cwd = namespace_command(argv, extra_paths, memory_mb), None
         env = {"PATH": "/usr/bin:/bin"}
     else:
         workdir = cwd = tempfile.mkdtemp(prefix="asarm-exec-")
@@ -318,6 +576,124 @@ def run_official(problem: dict, completion: str, timeout: float = 3.0, memory_mb
     res = json.loads(stdout.rsplit("\n" + nonce, 1)[1])
     return ExecResult(bool(res["passed"]), "passed" if res["passed"] else res["result"], seconds)
 
+def _spawn_env(workdir: str | None) -> dict:
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    if workdir:
+        env.update(HOME=workdir, TMPDIR=workdir)
+    return env
+
+
+def run_checked(problem: dict, completion: str, timeout: float = 3.0, memory_mb: int = 1024) -> ExecResult:
+    """The task's check in a trusted process of its own, calling the completed program's entry point in the sandbox.
+
+    The program (``prompt + completion + suffix``, no test) runs as a server of its entry point under the same
+    isolation and limits as ``run_program``; ``check(candidate)`` runs in a separate process (not the evaluator,
+    not the program's) where ``candidate`` sends the arguments over a pipe and gets back plain data only (numbers,
+    strings, bytes, None, bools, lists, tuples, dicts, sets; exact types). The verdict is the checker's: nothing
+    the program does to its own interpreter can make a wrong answer pass, and an object with its own ``__eq__``
+    never reaches the check. Where a task's check needs more than plain data, ``check_completion`` falls back to
+    the in-process check for that task (``task_check_mode``).
+    """
+    validate_limits(timeout, memory_mb)
+    mode, _ = isolation_mode()
+    cpu = int(timeout) + 1
+    death = "" if mode == "namespaces" else _PARENT_DEATH
+    server_argv = [sys.executable, "-I", "-S", "-B", "-c", limits_prologue(memory_mb, cpu) + death + _SERVER]
+    checker_argv = [sys.executable, "-I", "-S", "-B", "-c", limits_prologue(memory_mb, cpu) + _PARENT_DEATH + _CHECKER]
+    canonical = problem.get("canonical_solution")
+    trusted = problem["prompt"] + canonical + problem["suffix"] if isinstance(canonical, str) else ""
+    job = {"program": problem["prompt"] + completion + problem["suffix"], "entry_point": problem["entry_point"],
+           "test": problem["test"], "trusted_program": trusted}
+    server_dir = tempfile.mkdtemp(prefix="asarm-exec-") if mode != "namespaces" else None
+    checker_dir = tempfile.mkdtemp(prefix="asarm-exec-")
+    to_server_r, to_server_w = os.pipe()
+    from_server_r, from_server_w = os.pipe()
+    procs = []
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+                tempfile.TemporaryFile() as server_err:
+            t0 = time.perf_counter()
+            cmd = namespace_command(server_argv, memory_mb=memory_mb) if mode == "namespaces" else server_argv
+            procs.append(subprocess.Popen(cmd, cwd=server_dir, env=_spawn_env(server_dir), stdin=to_server_r,
+                                          stdout=from_server_w, stderr=server_err, close_fds=True,
+                                          start_new_session=True))
+            checker = subprocess.Popen(checker_argv + [str(to_server_w), str(from_server_r)], cwd=checker_dir,
+                                       env=_spawn_env(checker_dir), stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                       pass_fds=(to_server_w, from_server_r), start_new_session=True)
+            procs.append(checker)
+            for fd in (to_server_r, to_server_w, from_server_r, from_server_w):
+                os.close(fd)
+            to_server_r = to_server_w = from_server_r = from_server_w = -1
+            timed_out = False
+            try:
+                checker.stdin.write(json.dumps(job).encode())
+                checker.stdin.close()
+            except OSError:
+                pass
+            try:
+                checker.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            seconds = time.perf_counter() - t0
+            for proc in procs:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait()
+            procs = []
+            if timed_out:
+                return ExecResult(False, "timed out", seconds, OUT_OF_PROCESS)
+            out.seek(0)
+            try:
+                report = json.loads(out.read(1 << 20).decode("utf-8", "replace"))
+            except ValueError:
+                err.seek(0)
+                tail = [ln for ln in err.read()[-2000:].decode("utf-8", "replace").splitlines() if ln.strip()]
+                why = tail[-1][:200] if tail else f"the checker died (exit status {checker.returncode})"
+                return ExecResult(False, f"failed: {why}", seconds, OUT_OF_PROCESS)
+            return ExecResult(bool(report["passed"]), str(report["status"]), seconds, OUT_OF_PROCESS)
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        for fd in (to_server_r, to_server_w, from_server_r, from_server_w):
+            if fd >= 0:
+                os.close(fd)
+        for d in (server_dir, checker_dir):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+_TASK_MODES: dict[str, str] = {}
+_TASK_MODES_LOCK = threading.Lock()
+
+
+def _task_key(problem: dict) -> str:
+    fields = [problem.get(k) for k in ("prompt", "suffix", "test", "entry_point", "canonical_solution")]
+    return hashlib.sha256(json.dumps(fields).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def task_check_mode(problem: dict, timeout: float = 3.0, memory_mb: int = 1024,
+                    canonical_result: ExecResult | None = None) -> str:
+    """``"out-of-process"`` when the task's canonical solution passes ``run_checked`` (its check works on plain
+    data), else ``"in-process"`` (cached per task). Without a canonical solution: ``"out-of-process"``."""
+    if not isinstance(problem.get("canonical_solution"), str):
+        return OUT_OF_PROCESS
+    key = _task_key(problem)
+    with _TASK_MODES_LOCK:
+        if key in _TASK_MODES:
+            return _TASK_MODES[key]
+    result = canonical_result or run_checked(problem, problem["canonical_solution"], timeout, memory_mb)
+    mode = OUT_OF_PROCESS if result.passed else IN_PROCESS
+    with _TASK_MODES_LOCK:
+        _TASK_MODES.setdefault(key, mode)
+        return _TASK_MODES[key]
+
+
 @dataclass
 class ExecResult:
     """Outcome of one program: ``passed``; ``status`` is "passed", "timed out" or "failed: <why>"."""
@@ -325,6 +701,7 @@ class ExecResult:
     passed: bool
     status: str
     seconds: float
+    check: str = "in-process"  # where the verdict was decided: OUT_OF_PROCESS or IN_PROCESS (the program's own)
 
 
 def build_program(prompt: str, completion: str, suffix: str, test: str, entry_point: str) -> str:
@@ -365,17 +742,35 @@ def official_harness_usable() -> tuple[bool, str]:
 
 
 def check_completion(problem: dict, completion: str, timeout: float = 3.0, memory_mb: int = 1024,
-                     official: bool = False) -> ExecResult:
-    """Run one HumanEval(-infilling) problem with ``completion`` in the middle."""
+                     official: bool = False, checks: str = "auto") -> ExecResult:
+    """Run one HumanEval(-infilling) problem with ``completion`` in the middle.
+
+    ``checks="auto"``: ``run_checked`` (the check outside the program); where it fails and the task's
+    canonical solution does not pass that way either (its check needs more than plain data:
+    ``task_check_mode``), the in-process check of ``run_program`` decides, marked ``check="in-process"``.
+    ``"out-of-process"`` / ``"in-process"`` force one way.
+    """
     if official:
         return run_official(problem, completion, timeout, memory_mb)
+    if checks not in ("auto", OUT_OF_PROCESS, IN_PROCESS):
+        raise ValueError(f"checks must be auto, {OUT_OF_PROCESS} or {IN_PROCESS}, not {checks!r}")
+    if checks != IN_PROCESS:
+        result = run_checked(problem, completion, timeout, memory_mb)
+        if result.passed or checks == OUT_OF_PROCESS:
+            return result
+        same = completion == problem.get("canonical_solution")
+        if task_check_mode(problem, timeout, memory_mb, result if same else None) == OUT_OF_PROCESS:
+            return result
     program = build_program(problem["prompt"], completion, problem["suffix"], problem["test"], problem["entry_point"])
-    return run_program(program, timeout, memory_mb)
+    result = run_program(program, timeout, memory_mb)
+    result.check = IN_PROCESS
+    return result
 
 
 def check_many(jobs: list[tuple[dict, str]], timeout: float = 3.0, memory_mb: int = 1024, workers: int | None = None,
-               official: bool = False) -> list[ExecResult]:
+               official: bool = False, checks: str = "auto") -> list[ExecResult]:
     """``check_completion`` for many ``(problem, completion)`` pairs, ``workers`` processes at a time, in order."""
     workers = workers or max(1, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda job: check_completion(job[0], job[1], timeout, memory_mb, official), jobs))
+        return list(pool.map(lambda job: check_completion(job[0], job[1], timeout, memory_mb, official,
+                                                                    checks), jobs))

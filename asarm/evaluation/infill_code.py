@@ -46,7 +46,7 @@ from typing import Callable
 from ..tokenizer import (CODE_WHITESPACE, SPIECE_UNDERLINE, decode_text, encode_code_whitespace, is_sentencepiece,
                          lossy_reason, make_encoder, opens_segment)
 from ..utils import atomic_write_text
-from .execution import check_many, official_harness_usable, validate_limits
+from .execution import GUARD_RESIDUAL_RISKS, check_many, isolation_mode, official_harness_usable, validate_limits
 from .metrics import mean_se, pass_at_k
 from ..sampling import add_sampling_arguments
 from .batching import batched, throughput
@@ -370,8 +370,8 @@ def process_tasks(units: list[Unit], seeds: list[int], model, tokenizer, cfg: di
                               cfg["timeout"], cfg["memory_mb"], cfg["workers"], official=harness))
     out = []
     for problem, task in zip(problems, samples):
-        records = [{"task_id": problem["task_id"], "sample": i, **s, "passed": r.passed, "status": r.status}
-                   for i, (s, r) in enumerate(zip(task, results))]
+        records = [{"task_id": problem["task_id"], "sample": i, **s, "passed": r.passed, "status": r.status,
+                    "check": r.check} for i, (s, r) in enumerate(zip(task, results))]
         if cfg["method"] == "oracle":
             for r in records:
                 if not r["passed"]:
@@ -399,10 +399,25 @@ def choose_harness(choice: str) -> tuple[bool, str]:
     return True, reason
 
 
+def refuse_untrusted_under_guard(args) -> None:
+    """``--score-samples`` runs code from elsewhere: under the in-process guard alone (no bubblewrap) refused
+    unless ``--allow-guard``; any run under the guard alone prints what a program can still do there."""
+    mode, why = isolation_mode()
+    if mode != "guard":
+        return
+    if getattr(args, "score_samples", None) and not getattr(args, "allow_guard", False):
+        raise ValueError(f"--score-samples runs untrusted code, but this machine only has the {why}; "
+                         "install bubblewrap (apt-get install bubblewrap) or pass --allow-guard if you trust "
+                         "the samples (see docs/executor.md: what a program can still do under the guard)")
+    print(f"note: generated code runs under the in-process guard alone; {GUARD_RESIDUAL_RISKS}", file=sys.stderr)
+
+
 def run(args) -> int:
     from ..loading import load_model_and_tokenizer, load_tokenizer_alone, mark_no_model
 
     # first, before anything is loaded or written: a bad sampler option fails here, naming it
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (programs run at once), got {args.workers}")
     method = args.method or ("assd" if not args.score_samples else None)
     sampling = sampling_config(args, infill=True, method=method if method in SAMPLED else None)
     apply_protocol(args, {"context": "code_context"})  # config.json records the resolved values
@@ -417,6 +432,7 @@ def run(args) -> int:
         raise ValueError("--num-samples must be >= 1")
     validate_limits(args.timeout, args.memory_mb)  # before any model is loaded
     official, args.harness_used = choose_harness(args.harness)
+    refuse_untrusted_under_guard(args)
     cfg = {k: getattr(args, k) for k in ("method", "order", "num_samples", "max_length", "timeout", "memory_mb",
                                          "workers", "code_whitespace", "code_encoding", "context")}
     cfg["sampling"] = sampling
@@ -545,6 +561,9 @@ def register(sub) -> None:
                    help="score existing samples instead of generating: a JSONL file in the official format "
                         "({\"task_id\", \"completion\"} per line, several lines per task for pass@k), e.g. a "
                         f"finished run's {EXPORT_FILE}; no model is loaded and --num-samples is the file's rows per task")
+    p.add_argument("--allow-guard", action="store_true",
+                   help="let --score-samples run where bubblewrap does not work (the in-process guard alone: "
+                        "docs/executor.md lists what an untrusted program can still do there)")
     p.add_argument("--harness", default="auto", choices=["auto", "official", "builtin"],
                    help="official human_eval_infilling harness if usable (auto), or the builtin executor")
     p.add_argument("--timeout", type=float, default=3.0, help="wall-clock seconds per program (default: %(default)s)")

@@ -61,7 +61,7 @@ def summarizer(evaluation: str):
 
 # argparse options that do not change the numbers (kept in results.json under "runtime").
 RUNTIME_KEYS = {"device", "output_dir", "shard", "num_shards", "overwrite", "progress", "workers", "threads", "command",
-                "debug", "func", "batch_size"}
+                "debug", "func", "batch_size", "allow_guard"}
 CONFIG_FILE, RESULTS_FILE, TABLE_FILE = "config.json", "results.json", "results.md"
 
 
