@@ -13,7 +13,7 @@ import torch
 from asarm.train import check_config, latest_checkpoint, tracker_config, train
 from test_train import _cfg, _losses  # the tiny run of test_train.py
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # training runs
 
 
 class CrashAfter(RuntimeError):
