@@ -494,6 +494,21 @@ def isolation_mode() -> tuple[str, str]:
     return "guard", f"in-process guard only ({why})"
 
 
+def _feed_and_wait(proc: subprocess.Popen, data: bytes, timeout: float) -> bool:
+    """Write ``data`` to ``proc``'s stdin, close it, wait up to ``timeout`` s; True if it timed out.
+    A process that exits before reading its input is no error (its exit says what happened)."""
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
 def _run_isolated(files: dict[str, str], script: str, timeout: float, memory_mb: int,
                   flags: tuple[str, ...], extra_paths: tuple[str, ...] = ()) -> tuple[str, str, float, bool, int, str]:
     """Run ``python {flags} -c script`` with ``files`` (sent on stdin after the nonce) in an isolated cwd.
@@ -519,16 +534,8 @@ def _run_isolated(files: dict[str, str], script: str, timeout: float, memory_mb:
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
                                     close_fds=True, start_new_session=True)
-            timed_out = False
             try:
-                proc.stdin.write((nonce + "\n" + json.dumps(files)).encode())
-                proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                timed_out = _feed_and_wait(proc, (nonce + "\n" + json.dumps(files)).encode(), timeout)
             finally:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)  # the whole session, stragglers included
@@ -624,16 +631,7 @@ def run_checked(problem: dict, completion: str, timeout: float = 3.0, memory_mb:
             for fd in (to_server_r, to_server_w, from_server_r, from_server_w):
                 os.close(fd)
             to_server_r = to_server_w = from_server_r = from_server_w = -1
-            timed_out = False
-            try:
-                checker.stdin.write(json.dumps(job).encode())
-                checker.stdin.close()
-            except OSError:
-                pass
-            try:
-                checker.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            timed_out = _feed_and_wait(checker, json.dumps(job).encode(), timeout)
             seconds = time.perf_counter() - t0
             for proc in procs:
                 try:
